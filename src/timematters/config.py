@@ -1,0 +1,226 @@
+"""Run configuration: a small dataclass tree loaded from YAML with ``key=value`` overrides.
+
+Nothing below the CLI reads this tree: the CLI turns it into typed constructor arguments
+(``create_model(...)``, ``VideoDataset(...)``, objectives, ``TrainSettings``). The resolved
+config is written next to every run as ``config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"           # dataset directory (SSv2 layout, Kinetics CSV, list file, ...)
+    format: str = "ssv2"               # ssv2 | kinetics | list | ucf101 | folder | imagefolder
+    train_split: str = "train"         # split names understood by the annotation reader
+    val_split: str = "validation"
+    num_frames: int = 8                # T frames per clip
+    img_size: int = 64                 # crop size (pixels, square)
+    sampling: str = "tsn"              # tsn (one frame per segment) | dense (fixed stride)
+    stride: int = 2                    # dense sampling stride
+    scale: tuple[int, int] = (64, 80)  # train short-side jitter range before the crop
+    randaugment: str = ""              # "" = off, else "n=2,m=9" (torchvision RandAugment)
+    flip: bool = False                 # off by default: SSv2 has left/right classes
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    num_workers: int = 2
+    max_fail_ratio: float = 0.2        # stop with an error when more than this share of videos fail
+    val_views: int = 1                 # temporal views at eval
+    val_crops: int = 1                 # spatial crops at eval (1 = centre, 3 = left/centre/right)
+    limit: int = 0                     # use only the first N videos of each split (0 = all)
+
+
+@dataclass
+class FlowConfig:
+    enabled: bool = False              # compute flow-direction labels for each train clip
+    threshold: Any = "relative"        # "relative" (reference code) or a float tau in pixels
+    scale: float = 1.0                 # Farneback input scale (1.0 = full resolution)
+    estimator: str = "farneback"       # farneback | dis
+
+
+@dataclass
+class ModelConfig:
+    name: str = "timesformer_tiny"
+    pretrained: str = ""               # path to a checkpoint (ViT / TimeSformer .pyth / HF dir)
+    depth: int = 0                     # 0 = the registered default
+    embed_dim: int = 0
+    num_heads: int = 0
+    patch_size: int = 0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    extra: dict = field(default_factory=dict)  # any other constructor keyword
+
+
+@dataclass
+class ObjectiveConfig:
+    method: str = "supervised"         # supervised | time | rtt | taco | svt | image_time
+    label_smoothing: float = 0.0
+    weights: dict = field(default_factory=dict)  # per-term lambda, e.g. {order: 1, debias: 1, flow: 1}
+    args: dict = field(default_factory=dict)     # method keyword arguments (typed in each objective)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 16               # global batch (all ranks, after accumulation)
+    micro_batch: int = 0               # per-rank batch per step; 0 = global / world size
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    amsgrad: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"           # cosine | step
+    milestones: tuple[int, ...] = ()   # step schedule: epochs at which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    clip_grad: float = 0.0             # 0 = off
+    amp: str = "auto"                  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/default"          # run directory (checkpoints, logs, config.yaml)
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+    ckpt_every_steps: int = 0          # 0 = only at epoch ends
+    log_every: int = 10
+    eval_shuffles: int = 1             # shuffled copies per clip at validation
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is dict:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        if len(args) > 1 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return tuple(_coerce(v, inner, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is str and value is None:
+        return ""
+    raise ConfigError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}': expected a mapping, got {value!r}")
+            _merge(current, value, full + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    cfg = Config()
+    if path:
+        path = resolve_config_path(path)
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        try:
+            _merge(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for ov in overrides:
+        _merge(cfg, parse_override(ov))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config is a file path, or the name of one in the repository's ``configs/`` (``.yaml`` optional)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file '{path}' not found (also looked in {CONFIG_DIR})")
