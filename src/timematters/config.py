@@ -35,12 +35,11 @@ class DataConfig:
     max_fail_ratio: float = 0.2        # stop with an error when more than this share of videos fail
     val_views: int = 1                 # temporal views at eval
     val_crops: int = 1                 # spatial crops at eval (1 = centre, 3 = left/centre/right)
-    limit: int = 0                     # use only the first N videos of each split (0 = all)
 
 
 @dataclass
 class FlowConfig:
-    enabled: bool = False              # compute flow-direction labels for each train clip
+    """Flow-direction labels; computed for train clips whenever the objective has a flow term."""
     threshold: Any = "relative"        # "relative" (reference code) or a float tau in pixels
     scale: float = 1.0                 # Farneback input scale (1.0 = full resolution)
     estimator: str = "farneback"       # farneback | dis

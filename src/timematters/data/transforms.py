@@ -1,0 +1,112 @@
+"""Clip transforms: one random draw per clip, applied identically to every frame.
+
+A clip is a uint8 tensor ``(T, C, H, W)``. The spatial part is described by a geometry record, so label
+generators (flow directions) can map anything measured on the raw frames into the output:
+
+    {"scale": s, "crop": [x0, y0, x1, y1], "flip": bool, "out_size": [H, W]}
+
+The raw frame is resized by ``s`` (short side -> the drawn size), the box ``crop`` (in scaled pixels,
+x1/y1 exclusive) is cut out and resized to ``out_size`` (a no-op when the box already has that size),
+then mirrored left-right when ``flip``. A raw point (x, y) lands at ((x * s - x0) * W / (x1 - x0), ...),
+mirrored as W - 1 - x'. RandAugment runs after the crop (4-20x fewer pixels than on the raw frames; the
+reference applies it before) and its affine ops are not part of the geometry: flow labels computed on the
+frames handed to ``label_fn`` include them.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+
+from timematters.utils import seed_sequence
+
+
+def _scaled_size(h: int, w: int, short: int) -> tuple[int, int, float]:
+    s = short / min(h, w)
+    return max(short, round(h * s)), max(short, round(w * s)), s
+
+
+def train_geometry(h: int, w: int, *, img_size: int, scale: tuple[int, int], flip: bool,
+                   rng: np.random.Generator) -> dict:
+    """Short side jittered uniformly in ``scale`` (inclusive), a random ``img_size`` square crop, and a
+    left-right flip with probability 0.5 when ``flip``."""
+    lo, hi = int(scale[0]), int(scale[1])
+    if not img_size <= lo <= hi:
+        raise ValueError(f"scale range must satisfy img_size <= lo <= hi, got img_size={img_size}, scale={scale}")
+    short = int(rng.integers(lo, hi + 1))
+    sh, sw, s = _scaled_size(h, w, short)
+    x0 = int(rng.integers(0, sw - img_size + 1))
+    y0 = int(rng.integers(0, sh - img_size + 1))
+    do_flip = bool(flip and rng.random() < 0.5)
+    return {"scale": s, "crop": [x0, y0, x0 + img_size, y0 + img_size], "flip": do_flip,
+            "out_size": [img_size, img_size]}
+
+
+def eval_geometry(h: int, w: int, *, img_size: int, crop_index: int = 1, num_crops: int = 1) -> dict:
+    """Short side -> ``img_size`` (PySlowFast's test scale), then the centre crop (``num_crops`` = 1) or
+    crop ``crop_index`` of three along the long side: 0 = left/top, 1 = centre, 2 = right/bottom."""
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    if num_crops == 1:
+        crop_index = 1
+    elif not 0 <= crop_index < 3:
+        raise ValueError(f"crop_index must be 0, 1 or 2, got {crop_index}")
+    sh, sw, s = _scaled_size(h, w, img_size)
+    pos = [0.0, 0.5, 1.0][crop_index]
+    x0 = round((sw - img_size) * pos) if sw >= sh else (sw - img_size) // 2
+    y0 = round((sh - img_size) * pos) if sh > sw else (sh - img_size) // 2
+    return {"scale": s, "crop": [x0, y0, x0 + img_size, y0 + img_size], "flip": False,
+            "out_size": [img_size, img_size]}
+
+
+def apply_geometry(clip: torch.Tensor, geometry: dict) -> torch.Tensor:
+    """Resize, crop (and flip) a uint8 clip ``(T, C, H, W)`` -> ``(T, C, *out_size)``, same op per frame."""
+    h, w = clip.shape[-2:]
+    s = geometry["scale"]
+    sh, sw = max(1, round(h * s)), max(1, round(w * s))
+    if (sh, sw) != (h, w):
+        clip = TF.resize(clip, [sh, sw], antialias=True)
+    x0, y0, x1, y1 = geometry["crop"]
+    if x0 < 0 or y0 < 0 or x1 > sw or y1 > sh:
+        raise ValueError(f"crop {geometry['crop']} outside the scaled frame {sw}x{sh}")
+    clip = clip[..., y0:y1, x0:x1]
+    out_h, out_w = geometry["out_size"]
+    if (y1 - y0, x1 - x0) != (out_h, out_w):
+        clip = TF.resize(clip, [out_h, out_w], antialias=True)
+    if geometry["flip"]:
+        clip = clip.flip(-1)
+    return clip
+
+
+def parse_randaugment(spec: str) -> T.RandAugment | None:
+    """"" -> None; "n=2,m=9" (also "m=9,n=2", "rand-m9-n2") -> torchvision's RandAugment(num_ops, magnitude)."""
+    spec = spec.strip()
+    if not spec:
+        return None
+    pairs = dict(re.findall(r"([nm])\s*=?\s*(\d+)", spec))
+    if not pairs or not re.fullmatch(r"(rand-)?([nm]\s*=?\s*\d+[\s,-]*)+", spec):
+        raise ValueError(f"randaugment spec must look like 'n=2,m=9', got {spec!r}")
+    n, m = int(pairs.get("n", 2)), int(pairs.get("m", 9))
+    if not 0 <= m <= 30:  # torchvision's default 31 magnitude bins
+        raise ValueError(f"randaugment magnitude must be in 0..30, got {m} (spec {spec!r})")
+    return T.RandAugment(num_ops=n, magnitude=m)
+
+
+def apply_randaugment(clip: torch.Tensor, randaugment: T.RandAugment, key: tuple[int, ...]) -> torch.Tensor:
+    """RandAugment on a uint8 clip ``(T, C, H, W)``: torchvision draws the ops once per call and applies them
+    to the whole tensor, so every frame gets the same ops. The draw is seeded from ``key`` (seed, epoch,
+    index) and leaves the global torch RNG untouched."""
+    seed = int(seed_sequence(*key).generate_state(1, dtype=np.uint64)[0] >> 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return randaugment(clip)
+
+
+def normalize(clip: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(T, C, H, W)`` -> float32 ``(clip / 255 - mean) / std``."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (clip.float().div_(255.0) - mean_t) / std_t

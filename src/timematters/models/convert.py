@@ -1,0 +1,430 @@
+"""Pretrained weights: pure ``state_dict -> state_dict`` converters and :func:`load_pretrained`.
+
+Formats read (detected from the path and the key names):
+
+* timm ImageNet ViT / DeiT: ``.pth`` / ``.bin`` / ``.safetensors`` (timm key names) and the original
+  Google JAX ``.npz`` (``Transformer/encoderblock_{i}/...``).
+* official TimeSformer ``.pyth`` (``{"model_state": {"model.blocks.0.temporal_attn.qkv.weight": ...}}``).
+* a Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` directory written by
+  ``save_pretrained`` (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
+* our own state dicts (also wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, ``module.`` prefixes).
+
+An image ViT is inflated into a video backbone following each paper's recipe (``inflate_vit_to_*``).
+Nothing here executes pickled code: ``torch.load(weights_only=True)``, safetensors, ``np.load(allow_pickle=False)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .layers import resample_pos_embed, resample_time_embed
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+# --------------------------------------------------------------------------------------------------
+# reading files
+
+
+def _unwrap(obj, path: Path) -> StateDict:
+    """Find the state dict inside a checkpoint object (``model_state`` / ``state_dict`` / ``model`` ...)."""
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        for key in ("model_state", "state_dict", "model", "module", "model_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return _unwrap(obj[key], path)
+    raise ValueError(f"{path}: no state dict found (looked for a mapping of tensors, or one under "
+                     f"'model_state' / 'state_dict' / 'model' / 'module')")
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def read_state_dict(path: str | Path) -> tuple[StateDict, str]:
+    """Read weights from ``path`` and return ``(state_dict, source_format)``.
+
+    ``source_format`` is one of ``"hf"``, ``"jax_npz"``, ``"pyth"`` or ``"torch"``; the state dict is
+    returned in the file's own key names (convert it with :func:`to_canonical`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: a directory must be a Hugging Face save_pretrained folder with config.json")
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return _read_file(path / name), "hf"
+        raise ValueError(f"{path}: no model.safetensors or pytorch_model.bin next to config.json")
+    if path.suffix == ".npz":
+        return jax_vit_to_timm(read_npz(path)), "jax_npz"
+    return _read_file(path), "pyth" if path.suffix == ".pyth" else "torch"
+
+
+def _read_file(path: Path) -> StateDict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # pickle with arbitrary objects, truncated file, ...
+        raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({e})") from None
+    return _unwrap(obj, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# key conversions (pure functions)
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def official_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Official TimeSformer (``model.`` prefix, same names as ours otherwise) -> ours."""
+    return strip_prefix(sd, "model.")
+
+
+_HF_RULES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.time_embeddings$", "time_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.qkv\.", r"blocks.\1.attn.qkv."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.temporal_attention\.attention\.qkv\.", r"blocks.\1.temporal_attn.qkv."),
+    (r"^encoder\.layer\.(\d+)\.temporal_attention\.output\.dense\.", r"blocks.\1.temporal_attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.temporal_dense\.", r"blocks.\1.temporal_fc."),
+    (r"^encoder\.layer\.(\d+)\.temporal_layernorm\.", r"blocks.\1.temporal_norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+]
+
+
+def hf_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` -> ours."""
+    out = {}
+    for k, v in strip_prefix(sd, "timesformer.").items():
+        for pattern, repl in _HF_RULES:
+            new, n = re.subn(pattern, repl, k)
+            if n:
+                out[new] = v
+                break
+        else:
+            raise ValueError(f"Hugging Face TimeSformer weights: unknown tensor {k!r}")
+    return out
+
+
+def jax_vit_to_timm(w: Mapping[str, np.ndarray]) -> StateDict:
+    """Original Google JAX ViT ``.npz`` (``Transformer/encoderblock_{i}/...``) -> timm ViT names."""
+    prefix = next((p for p in ("", "opt/target/") if f"{p}embedding/kernel" in w), None)
+    if prefix is None:
+        raise ValueError("npz: not an original JAX ViT checkpoint (no 'embedding/kernel'); "
+                         "big_vision layouts are not supported")
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()   # noqa: E731
+    get = lambda k: w[prefix + k]                                      # noqa: E731
+    sd = {
+        "patch_embed.proj.weight": t(get("embedding/kernel").transpose(3, 2, 0, 1)),   # HWIO -> OIHW
+        "patch_embed.proj.bias": t(get("embedding/bias")),
+        "cls_token": t(get("cls")),
+        "pos_embed": t(get("Transformer/posembed_input/pos_embedding")),
+        "norm.weight": t(get("Transformer/encoder_norm/scale")),
+        "norm.bias": t(get("Transformer/encoder_norm/bias")),
+    }
+    if prefix + "head/kernel" in w:
+        sd["head.weight"] = t(get("head/kernel").T)
+        sd["head.bias"] = t(get("head/bias"))
+    i = 0
+    while f"{prefix}Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
+        b, o = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        mha = b + "MultiHeadDotProductAttention_1/"
+        sd[o + "norm1.weight"] = t(get(b + "LayerNorm_0/scale"))
+        sd[o + "norm1.bias"] = t(get(b + "LayerNorm_0/bias"))
+        # query/key/value kernels are (D, H, d) -> rows of qkv (H*d, D); out kernel is (H, d, D)
+        sd[o + "attn.qkv.weight"] = torch.cat(
+            [t(get(f"{mha}{n}/kernel")).flatten(1).T for n in ("query", "key", "value")])
+        sd[o + "attn.qkv.bias"] = torch.cat([t(get(f"{mha}{n}/bias")).reshape(-1) for n in ("query", "key", "value")])
+        sd[o + "attn.proj.weight"] = t(get(mha + "out/kernel")).flatten(0, 1).T
+        sd[o + "attn.proj.bias"] = t(get(mha + "out/bias"))
+        sd[o + "norm2.weight"] = t(get(b + "LayerNorm_2/scale"))
+        sd[o + "norm2.bias"] = t(get(b + "LayerNorm_2/bias"))
+        for r in range(2):
+            sd[o + f"mlp.fc{r + 1}.weight"] = t(get(f"{b}MlpBlock_3/Dense_{r}/kernel").T)
+            sd[o + f"mlp.fc{r + 1}.bias"] = t(get(f"{b}MlpBlock_3/Dense_{r}/bias"))
+        i += 1
+    if i == 0:
+        raise ValueError("npz: no 'Transformer/encoderblock_0' found")
+    return sd
+
+
+def timm_vit_to_jax(sd: Mapping[str, torch.Tensor], num_heads: int) -> dict[str, np.ndarray]:
+    """timm ViT names -> original JAX ``.npz`` layout (the inverse of :func:`jax_vit_to_timm`)."""
+    n = lambda x: x.detach().float().cpu().numpy()   # noqa: E731
+    D = sd["cls_token"].shape[-1]
+    d = D // num_heads
+    w = {
+        "embedding/kernel": n(sd["patch_embed.proj.weight"]).transpose(2, 3, 1, 0),
+        "embedding/bias": n(sd["patch_embed.proj.bias"]),
+        "cls": n(sd["cls_token"]),
+        "Transformer/posembed_input/pos_embedding": n(sd["pos_embed"]),
+        "Transformer/encoder_norm/scale": n(sd["norm.weight"]),
+        "Transformer/encoder_norm/bias": n(sd["norm.bias"]),
+    }
+    if "head.weight" in sd:
+        w["head/kernel"] = n(sd["head.weight"]).T
+        w["head/bias"] = n(sd["head.bias"])
+    i = 0
+    while f"blocks.{i}.norm1.weight" in sd:
+        b, o = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        mha = b + "MultiHeadDotProductAttention_1/"
+        w[b + "LayerNorm_0/scale"], w[b + "LayerNorm_0/bias"] = n(sd[o + "norm1.weight"]), n(sd[o + "norm1.bias"])
+        qkv_w, qkv_b = n(sd[o + "attn.qkv.weight"]), n(sd[o + "attn.qkv.bias"])
+        for j, name in enumerate(("query", "key", "value")):
+            w[f"{mha}{name}/kernel"] = qkv_w[j * D:(j + 1) * D].T.reshape(D, num_heads, d)
+            w[f"{mha}{name}/bias"] = qkv_b[j * D:(j + 1) * D].reshape(num_heads, d)
+        w[mha + "out/kernel"] = n(sd[o + "attn.proj.weight"]).T.reshape(num_heads, d, D)
+        w[mha + "out/bias"] = n(sd[o + "attn.proj.bias"])
+        w[b + "LayerNorm_2/scale"], w[b + "LayerNorm_2/bias"] = n(sd[o + "norm2.weight"]), n(sd[o + "norm2.bias"])
+        for r in range(2):
+            w[f"{b}MlpBlock_3/Dense_{r}/kernel"] = n(sd[o + f"mlp.fc{r + 1}.weight"]).T
+            w[f"{b}MlpBlock_3/Dense_{r}/bias"] = n(sd[o + f"mlp.fc{r + 1}.bias"])
+        i += 1
+    return {k: np.ascontiguousarray(v) for k, v in w.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# which architecture a state dict holds
+
+
+def detect_arch(sd: Mapping[str, torch.Tensor]) -> str:
+    """``"vit"``, ``"timesformer"``, ``"motionformer"`` or ``"xvit"`` from canonical (our) key names."""
+    keys = set(sd)
+    if "blocks.0.temporal_attn.qkv.weight" in keys:
+        return "timesformer"
+    if "blocks.0.attn.proj_q.weight" in keys:
+        return "motionformer"
+    if any(k.startswith("consensus.") for k in keys) or "temp_embed" in keys and sd["temp_embed"].ndim == 4:
+        return "xvit"
+    if "blocks.0.attn.qkv.weight" in keys:
+        return "vit"
+    raise ValueError("unrecognised weights: no 'blocks.0.attn.qkv.weight' (first keys: "
+                     f"{sorted(keys)[:8]})")
+
+
+def to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Any supported key layout -> our names (HF, official ``model.``, DDP ``module.``)."""
+    sd = strip_prefix(sd, "module.")
+    if any(k.startswith(("embeddings.patch_embeddings", "timesformer.embeddings")) for k in sd):
+        return hf_timesformer_to_ours(sd)
+    if any(k.startswith("model.blocks.") for k in sd):
+        return official_timesformer_to_ours(sd)
+    return dict(sd)
+
+
+# --------------------------------------------------------------------------------------------------
+# inflation of an image ViT into video backbones
+
+
+def _drop_head(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    return {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm.", "pre_logits."))}
+
+
+def _num_blocks(sd: Mapping[str, torch.Tensor]) -> int:
+    return len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+
+
+def inflate_vit_to_timesformer(sd: Mapping[str, torch.Tensor], num_frames: int) -> StateDict:
+    """TimeSformer's ImageNet init: temporal attention/norm copied from the spatial ones, ``temporal_fc``
+    and ``time_embed`` zero (so the network starts as the image model), classifier dropped.
+
+    The official code leaves block 0's ``temporal_fc`` at its random init; a pure function has no random
+    init to give, so we zero it in every block.
+    """
+    out = _drop_head(sd)
+    D = out["cls_token"].shape[-1]
+    for i in range(_num_blocks(out)):
+        p = f"blocks.{i}."
+        for name in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias"):
+            if p + "attn." + name in out:
+                out[p + "temporal_attn." + name] = out[p + "attn." + name].clone()
+        out[p + "temporal_norm1.weight"] = out[p + "norm1.weight"].clone()
+        out[p + "temporal_norm1.bias"] = out[p + "norm1.bias"].clone()
+        out[p + "temporal_fc.weight"] = torch.zeros(D, D)
+        out[p + "temporal_fc.bias"] = torch.zeros(D)
+    out["time_embed"] = torch.zeros(1, num_frames, D)
+    return out
+
+
+def inflate_patch_kernel(w: torch.Tensor, tubelet_size: int) -> torch.Tensor:
+    """Central-frame inflation: a 2-D patch kernel (D, C, p, p) placed at the central time step of a
+    (D, C, t, p, p) kernel, zeros elsewhere (so a static clip gives the image features)."""
+    out = w.new_zeros(w.shape[0], w.shape[1], tubelet_size, *w.shape[2:])
+    out[:, :, tubelet_size // 2] = w
+    return out
+
+
+def inflate_vit_to_motionformer(sd: Mapping[str, torch.Tensor], num_frames: int, tubelet_size: int = 1) -> StateDict:
+    """Motionformer's ImageNet init: central-frame inflation of the patch kernel, zero ``temp_embed``.
+
+    The official code leaves the temporal projections ``proj_q`` / ``proj_kv`` at random init; we start
+    them from the pretrained query and key/value projections of the same block.
+    """
+    out = _drop_head(sd)
+    D = out["cls_token"].shape[-1]
+    if tubelet_size > 1:
+        out["patch_embed.proj.weight"] = inflate_patch_kernel(out["patch_embed.proj.weight"], tubelet_size)
+    for i in range(_num_blocks(out)):
+        p = f"blocks.{i}.attn."
+        out[p + "proj_q.weight"] = out[p + "qkv.weight"][:D].clone()
+        out[p + "proj_kv.weight"] = out[p + "qkv.weight"][D:].clone()
+        if p + "qkv.bias" in out:
+            out[p + "proj_q.bias"] = out[p + "qkv.bias"][:D].clone()
+            out[p + "proj_kv.bias"] = out[p + "qkv.bias"][D:].clone()
+    out["temp_embed"] = torch.zeros(1, num_frames // tubelet_size, D)
+    return out
+
+
+def inflate_vit_to_xvit(sd: Mapping[str, torch.Tensor], num_frames: int) -> StateDict:
+    """X-ViT's ImageNet init: the ViT unchanged, zero temporal embedding; the temporal consensus
+    block is new (not in the image checkpoint), so it stays at the model's own init."""
+    out = _drop_head(sd)
+    D = out["cls_token"].shape[-1]
+    out["temp_embed"] = torch.zeros(1, num_frames, 1, D)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# adapting to one model and loading
+
+
+@dataclass
+class LoadReport:
+    path: str
+    source_format: str
+    source_arch: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.source_arch} weights ({self.source_format}) from {self.path}"]
+        for name in ("resampled", "dropped", "missing", "unexpected"):
+            keys = getattr(self, name)
+            if keys:
+                lines.append(f"  {name} ({len(keys)}): {', '.join(keys)}")
+        return "\n".join(lines)
+
+
+def model_arch(model: nn.Module) -> str:
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise TypeError(f"{type(model).__name__} is not a timematters backbone (no 'arch' attribute)")
+    return arch
+
+
+def convert_for_model(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[StateDict, str]:
+    """Canonical names, then inflate an image ViT when ``model`` is a video backbone."""
+    sd = to_canonical(sd)
+    src, dst = detect_arch(sd), model_arch(model)
+    if src == dst:
+        return sd, src
+    if src == "vit" and dst == "timesformer":
+        return inflate_vit_to_timesformer(sd, model.num_frames), src
+    if src == "vit" and dst == "motionformer":
+        return inflate_vit_to_motionformer(sd, model.num_frames, model.patch_embed.tubelet_size), src
+    if src == "vit" and dst == "xvit":
+        return inflate_vit_to_xvit(sd, model.num_frames), src
+    raise ValueError(f"cannot load {src} weights into a {dst} model")
+
+
+def adapt_to_model(sd: Mapping[str, torch.Tensor], model: nn.Module, report: LoadReport) -> StateDict:
+    """Resample position/time embeddings to the model's sizes, drop a classifier of another size, and
+    raise on any other shape mismatch, naming the tensor."""
+    own = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k not in own or own[k].shape == v.shape:
+            out[k] = v
+            continue
+        target = own[k].shape
+        if k == "pos_embed":
+            n_old = v.shape[1] - 1
+            side = int(round(n_old ** 0.5))
+            if side * side != n_old:
+                raise ValueError(f"pos_embed: cannot infer the grid of {n_old} patches (not square)")
+            out[k] = resample_pos_embed(v, model.grid_size, (side, side))
+        elif k in ("time_embed", "temp_embed"):
+            out[k] = resample_time_embed(v, target[1], dim=1)
+        elif k.startswith("head."):
+            report.dropped.append(f"{k} {tuple(v.shape)} (model has {tuple(target)})")
+            continue
+        elif k == "patch_embed.proj.weight" and v.ndim == 4 and len(target) == 5:
+            out[k] = inflate_patch_kernel(v, target[2])
+        else:
+            raise ValueError(f"shape mismatch for tensor {k!r}: checkpoint {tuple(v.shape)}, model {tuple(target)}")
+        report.resampled.append(f"{k} {tuple(v.shape)} -> {tuple(target)}")
+    return out
+
+
+def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:
+    """Load weights of any supported format into ``model`` (see the module docstring).
+
+    A missing classifier is always allowed (a new task). With ``strict``, any other missing or unexpected
+    tensor raises ``ValueError`` listing them; otherwise they are only reported.
+    """
+    sd, fmt = read_state_dict(path)
+    sd, src = convert_for_model(sd, model)
+    report = LoadReport(path=str(path), source_format=fmt, source_arch=src)
+    sd = adapt_to_model(sd, model, report)
+    result = model.load_state_dict(sd, strict=False)
+    report.missing = list(result.missing_keys)
+    report.unexpected = list(result.unexpected_keys)
+    if src == "vit" and model_arch(model) == "xvit":
+        # the temporal consensus block has no counterpart in an image model
+        allowed = {k for k in report.missing if k.startswith("consensus.")}
+    else:
+        allowed = set()
+    allowed |= {k for k in report.missing if k.startswith("head.")}
+    bad_missing = [k for k in report.missing if k not in allowed]
+    if strict and (bad_missing or report.unexpected):
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__}:\n"
+                         f"  missing ({len(bad_missing)}): {', '.join(bad_missing) or '-'}\n"
+                         f"  unexpected ({len(report.unexpected)}): {', '.join(report.unexpected) or '-'}")
+    log.info("%s", report)
+    return report
+
+
+def read_hf_config(path: str | Path) -> dict:
+    """The ``config.json`` of a Hugging Face directory, as a dict (for building a matching model)."""
+    with open(Path(path) / "config.json") as f:
+        return json.load(f)
+
+
+def hf_config_to_kwargs(cfg: Mapping) -> dict:
+    """``create_model`` keyword arguments that match a Hugging Face ``TimesformerConfig``."""
+    if cfg.get("attention_type", "divided_space_time") != "divided_space_time":
+        raise ValueError(f"only attention_type='divided_space_time' maps to timesformer, got {cfg['attention_type']!r}")
+    return dict(
+        img_size=cfg["image_size"], patch_size=cfg["patch_size"], num_frames=cfg["num_frames"],
+        embed_dim=cfg["hidden_size"], depth=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
+        mlp_ratio=cfg["intermediate_size"] / cfg["hidden_size"], qkv_bias=cfg.get("qkv_bias", True),
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-6), in_chans=cfg.get("num_channels", 3),
+    )

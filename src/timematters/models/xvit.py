@@ -1,0 +1,128 @@
+"""X-ViT: space-time mixing attention (Bulat et al., NeurIPS 2021).
+
+Every frame keeps its own CLS token and attends spatially over ``1 + N`` tokens, but the keys and values
+mix channels of neighbouring frames: per head, the first quarter of the channels comes from frame t-1,
+the second quarter from t+1, the rest from t (a temporal shift of K and V, zero past the clip ends as in
+TSM). A one-layer temporal transformer over the T per-frame CLS tokens (the consensus) gives the clip
+feature.
+
+``Features.cls`` is the consensus output averaged over frames ``(B, D)`` (what the classifier reads);
+``Features.tokens`` are the per-frame patch tokens ``(B, T, N, D)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Features
+from .layers import (BackboneMixin, DropPath, Mlp, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed,
+                     resample_time_embed, to_2tuple)
+from .vit import Block
+
+
+def shift_mix(t: torch.Tensor) -> torch.Tensor:
+    """Temporal channel mixing of ``(B, T, H, L, d)``: channels [0, d/4) from t-1, [d/4, d/2) from t+1."""
+    d = t.shape[-1]
+    c = d // 4
+    prev = F.pad(t[:, :-1, ..., :c], (0, 0) * (t.ndim - 2) + (1, 0))          # frame t sees t-1 (zero at t=0)
+    nxt = F.pad(t[:, 1:, ..., c:2 * c], (0, 0) * (t.ndim - 2) + (0, 1))       # frame t sees t+1 (zero at T-1)
+    return torch.cat([prev, nxt, t[..., 2 * c:]], dim=-1)
+
+
+class MixingAttention(nn.Module):
+    """Per-frame attention whose keys/values are temporally channel-mixed; ``(B, T, L, D) -> (B, T, L, D)``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, L, D = x.shape
+        H, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, L, 3, H, d).permute(3, 0, 1, 4, 2, 5)     # each (B, T, H, L, d)
+        k, v = shift_mix(k), shift_mix(v)
+        o = F.scaled_dot_product_attention(
+            q.reshape(B * T, H, L, d), k.reshape(B * T, H, L, d), v.reshape(B * T, H, L, d),
+            dropout_p=self.attn_drop if self.training else 0.0)                     # (B*T, H, L, d)
+        o = o.view(B, T, H, L, d).permute(0, 1, 3, 2, 4).reshape(B, T, L, D)
+        return self.proj_drop(self.proj(o))
+
+
+class MixingBlock(Block):
+    """The ViT block with :class:`MixingAttention` (same parameter names, so ViT weights load)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, eps: float = 1e-6):
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, eps)
+        self.attn = MixingAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+
+
+class XViT(BackboneMixin, nn.Module):
+    arch = "xvit"
+    _no_weight_decay = ("pos_embed", "cls_token", "temp_embed")
+
+    def __init__(self, *, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 400, num_frames: int = 8, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.num_frames = num_frames
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
+        self.temp_embed = nn.Parameter(torch.zeros(1, num_frames, 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.ModuleList([
+            MixingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], layer_norm_eps)
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        # temporal consensus: one transformer layer over the T per-frame CLS tokens, then the mean
+        self.consensus = Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, 0.0,
+                               layer_norm_eps)
+        self.consensus_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_weights)
+
+    def forward_features(self, x: torch.Tensor, return_hidden: bool = False) -> Features:
+        """x (B, T, C, H, W) -> Features(cls (B, D) consensus output, tokens (B, T, N, D), hidden)."""
+        if x.ndim != 5:
+            raise ValueError(f"expected a video batch (B, T, C, H, W), got shape {tuple(x.shape)}")
+        B, T = x.shape[:2]
+        x, hw = self.patch_embed(x)                                           # (B, T, N, D)
+        pos = resample_pos_embed(self.pos_embed, hw, self.grid_size)          # (1, 1+N, D)
+        time = resample_time_embed(self.temp_embed, T)                       # (1, T, 1, D)
+        cls = (self.cls_token + pos[:, :1]).expand(B, T, 1, -1)               # (B, T, 1, D) one per frame
+        x = torch.cat([cls, x + pos[:, None, 1:]], dim=2) + time              # (B, T, 1+N, D)
+        x = self.pos_drop(x)
+
+        hidden = [] if return_hidden else None
+        for blk in self.blocks:
+            x = self.run_block(blk, x)
+            if hidden is not None:
+                hidden.append(x[:, :, 1:])
+        x = self.norm(x)
+        frame_cls = self.consensus(x[:, :, 0])                                # (B, T, D)
+        cls = self.consensus_norm(frame_cls).mean(dim=1)                      # (B, D)
+        return Features(cls=cls, tokens=x[:, :, 1:], hidden=hidden)
