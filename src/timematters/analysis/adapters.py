@@ -64,7 +64,7 @@ class HFVideoClassifier(nn.Module):
             raise ValueError(f"{self.kind}: expected a video batch (B, T, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_frames:
             raise ValueError(f"{self.kind}: the model was built for {self.num_frames} frames (config.num_frames), "
-                             f"got clips of {x.shape[1]} frames; evaluate with --num-frames {self.num_frames}")
+                             f"got clips of {x.shape[1]} frames")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)

@@ -99,28 +99,24 @@ def ssv2_groups(class_names: Sequence[str], *, subsets: bool = False) -> dict[st
 
 
 def synth_groups(root: str | Path, class_names: Sequence[str]) -> dict[str, list[str]]:
-    """Groups of the synthetic benchmark from ``ROOT/timematters-meta.json`` (per class: ``group``)."""
+    """Groups of the synthetic benchmark from ``ROOT/timematters-meta.json`` (each class has a ``group``)."""
+    from timematters.data.synth import load_meta
+
     path = Path(root) / SYNTH_META
     try:
-        meta = json.loads(path.read_text())
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read the synthetic benchmark's metadata ({e})") from None
+        meta = load_meta(root)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     classes = meta.get("classes")
-    if isinstance(classes, Mapping):
-        entries = [dict(v, name=k) for k, v in classes.items()]
-    elif isinstance(classes, list):
-        entries = classes
-    else:
-        raise ValueError(f"{path}: expected a 'classes' list or mapping with a 'group' per class")
+    if not isinstance(classes, list):
+        raise ValueError(f"{path}: expected a 'classes' list with a 'group' per class")
     out: dict[str, list[str]] = {}
     known = set(class_names)
-    for e in entries:
-        if "name" not in e or "group" not in e:
-            raise ValueError(f"{path}: class entry {e!r} lacks 'name' or 'group'")
-        if e["name"] in known:
-            out.setdefault(str(e["group"]), []).append(e["name"])
+    for entry in classes:
+        if not isinstance(entry, Mapping) or "name" not in entry or "group" not in entry:
+            raise ValueError(f"{path}: class entry {entry!r} lacks 'name' or 'group'")
+        if entry["name"] in known:
+            out.setdefault(str(entry["group"]), []).append(entry["name"])
     return out
 
 

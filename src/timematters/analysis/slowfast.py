@@ -39,10 +39,13 @@ def resample_clip(video: torch.Tensor, shape: tuple[int, int, int]) -> torch.Ten
     return x
 
 
-def default_fast_shape(video: torch.Tensor) -> tuple[int, int, int]:
-    """The paper's ratios applied to the input: all of its frames, 96/224 of its resolution."""
+def default_fast_shape(video: torch.Tensor, patch_size: int = 1) -> tuple[int, int, int]:
+    """The paper's ratios applied to the input: all of its frames at 96/224 of its resolution, rounded
+    to a multiple of ``patch_size`` (at least one patch)."""
     _, T, _, H, W = video.shape
-    return T, max(1, round(H * PAPER_FAST[1] / PAPER_SLOW[1])), max(1, round(W * PAPER_FAST[2] / PAPER_SLOW[2]))
+    p = max(1, int(patch_size))
+    side = lambda n: max(p, p * round(n * PAPER_FAST[1] / PAPER_SLOW[1] / p))  # noqa: E731
+    return T, side(H), side(W)
 
 
 def slow_fast_features(model: nn.Module, video: torch.Tensor, *, slow: tuple[int, int, int] | None = None,
@@ -50,13 +53,13 @@ def slow_fast_features(model: nn.Module, video: torch.Tensor, *, slow: tuple[int
     """CLS features of a slow and a fast clip of ``video`` (B, T, C, H, W), averaged -> (B, D).
 
     ``slow`` / ``fast`` are (T, H, W); by default slow = (8, H, W) and fast = (T, 96/224 H, 96/224 W)
-    of the input. With ``return_both`` also returns the two single-clip features ``(avg, slow, fast)``.
+    of the input (sides rounded to the model's ``patch_size``). With ``return_both`` also returns the two single-clip features ``(avg, slow, fast)``.
     """
     if video.ndim != 5:
         raise ValueError(f"slow_fast_features: video must be (B, T, C, H, W), got {tuple(video.shape)}")
     _, T, _, H, W = video.shape
     slow = tuple(slow) if slow is not None else (min(PAPER_SLOW[0], T), H, W)
-    fast = tuple(fast) if fast is not None else default_fast_shape(video)
+    fast = tuple(fast) if fast is not None else default_fast_shape(video, getattr(model, "patch_size", 1))
     for name, shape in (("slow", slow), ("fast", fast)):
         if len(shape) != 3 or any(int(s) < 1 for s in shape):
             raise ValueError(f"slow_fast_features: {name} must be (T, H, W) of positive ints, got {shape}")

@@ -7,8 +7,12 @@ later keyframe makes it unnecessary, and decoding stops after the last requested
 frames are converted to RGB. The whole video is never decoded unless the clip spans it.
 
 Frame ``i`` is the i-th frame in presentation order. Its index is computed from its timestamp,
-``round((pts - start) * time_base * fps)``, which is exact for constant-frame-rate files (every file the
-readers in this package produce, and the tests check it frame by frame against a full decode).
+``round((pts - start) * time_base * fps)``, which is exact for constant-frame-rate files (the tests check
+it frame by frame against a full decode).
+
+The frame count comes from the stream metadata; containers without it (WebM) get a packet count (demuxing
+only, ~30x cheaper than decoding), and a file whose packets end well before the duration its header
+declares is reported as truncated.
 
 torchcodec (optional extra ``timematters[torchcodec]``, needs the system FFmpeg libraries) is used when it
 imports and decodes; otherwise, or when it fails on a file, PyAV is used.
@@ -88,6 +92,11 @@ class VideoReader:
             self.num_frames, self.count_source = int(self.stream.frames), "metadata"
         else:
             self.num_frames, self.count_source = self._count_packets(), "packets"
+            declared = (self.container.duration or 0) / 1e6 * self.fps  # container header, in frames
+            if self.num_frames < 0.9 * declared - 1:
+                self.close()
+                raise DecodeError(path, f"truncated: {self.num_frames} frames present, the header declares "
+                                        f"about {declared:.0f}")
         if self.num_frames <= 0:
             self.close()
             raise DecodeError(path, "no frames")
@@ -205,12 +214,14 @@ class VideoReader:
 
 
 class TorchcodecReader:
-    """Same surface as ``VideoReader`` on top of ``torchcodec.decoders.VideoDecoder``."""
+    """Same surface as ``VideoReader`` on top of ``torchcodec.decoders.VideoDecoder``. With ``fallback``,
+    a file torchcodec fails on is decoded with PyAV instead."""
 
-    def __init__(self, path: str | Path, *, num_frames: int | None = None, threads: int = 0):
+    def __init__(self, path: str | Path, *, num_frames: int | None = None, threads: int = 0,
+                 fallback: bool = False):
         from torchcodec.decoders import VideoDecoder
 
-        self.path = str(path)
+        self.path, self.threads, self.fallback = str(path), threads, fallback
         p = Path(path)
         if not p.is_file() or p.stat().st_size == 0:
             raise DecodeError(path, "missing file" if not p.exists() else "zero-byte or not a regular file")
@@ -238,6 +249,10 @@ class TorchcodecReader:
         try:
             batch = self.decoder.get_frames_at(indices=indices)  # data (N, C, H, W) uint8
         except Exception as e:
+            if self.fallback:
+                log.debug("torchcodec failed on %s (%s); decoding with PyAV", self.path, e)
+                with VideoReader(self.path, num_frames=self.num_frames, threads=self.threads) as reader:
+                    return reader.get_frames(indices)
             raise DecodeError(self.path, f"torchcodec decoding failed ({type(e).__name__}: {e})") from e
         return batch.data.permute(0, 2, 3, 1).contiguous().numpy()
 
@@ -247,9 +262,12 @@ def open_video(path: str | Path, *, backend: str = "auto", num_frames: int | Non
     """Open ``path`` with the chosen backend ("auto": torchcodec when it works, else PyAV)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "torchcodec" and not torchcodec_available():
+        raise RuntimeError("decode backend 'torchcodec' requested but torchcodec is not installed or cannot "
+                           "load the system FFmpeg libraries (pip install 'timematters[torchcodec]')")
     if backend == "torchcodec" or (backend == "auto" and torchcodec_available()):
         try:
-            return TorchcodecReader(path, num_frames=num_frames, threads=threads)
+            return TorchcodecReader(path, num_frames=num_frames, threads=threads, fallback=backend == "auto")
         except DecodeError:
             if backend == "torchcodec":
                 raise

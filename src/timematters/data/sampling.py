@@ -57,7 +57,7 @@ def dense_indices(num_video_frames: int, num_frames: int, rng: np.random.Generat
     elif views == 1:
         start = max_start // 2
     else:
-        start = round(view * max_start / (views - 1))
+        start = view * max_start // (views - 1)
     idx = start + stride * np.arange(num_frames, dtype=np.int64)
     return np.minimum(idx, num_video_frames - 1)
 

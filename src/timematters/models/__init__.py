@@ -1,8 +1,10 @@
 """Video (and image) transformer backbones with one surface, and pure state_dict converters."""
 from .base import Features
 from .factory import MODELS, create_model, is_image_model, list_models
+from .motionformer import Motionformer
 from .timesformer import TimeSformer
 from .vit import VisionTransformer
+from .xvit import XViT
 
 
 def load_pretrained(model, path, **kwargs):
@@ -13,4 +15,4 @@ def load_pretrained(model, path, **kwargs):
 
 
 __all__ = ["Features", "MODELS", "create_model", "is_image_model", "list_models", "load_pretrained",
-           "TimeSformer", "VisionTransformer"]
+           "Motionformer", "TimeSformer", "VisionTransformer", "XViT"]

@@ -399,7 +399,7 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     report.unexpected = list(result.unexpected_keys)
     if src == "vit" and model_arch(model) == "xvit":
         # the temporal consensus block has no counterpart in an image model
-        allowed = {k for k in report.missing if k.startswith("consensus.")}
+        allowed = {k for k in report.missing if k.startswith(("consensus.", "consensus_norm."))}
     else:
         allowed = set()
     allowed |= {k for k in report.missing if k.startswith("head.")}

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from torch import nn
 
+from .motionformer import Motionformer
 from .timesformer import TimeSformer
 from .vit import VisionTransformer
+from .xvit import XViT
 
 _SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -20,6 +22,12 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "timesformer_tiny": (TimeSformer, _SIZES["tiny"]),
     "timesformer_small": (TimeSformer, _SIZES["small"]),
     "timesformer_base": (TimeSformer, _SIZES["base"]),
+    "motionformer_tiny": (Motionformer, _SIZES["tiny"]),
+    "motionformer_small": (Motionformer, _SIZES["small"]),
+    "motionformer_base": (Motionformer, _SIZES["base"]),
+    "xvit_tiny": (XViT, _SIZES["tiny"]),
+    "xvit_small": (XViT, _SIZES["small"]),
+    "xvit_base": (XViT, _SIZES["base"]),
     "vit_tiny_patch16": (VisionTransformer, dict(_SIZES["tiny"], patch_size=16)),
     "vit_small_patch16": (VisionTransformer, dict(_SIZES["small"], patch_size=16)),
     "vit_base_patch16": (VisionTransformer, dict(_SIZES["base"], patch_size=16)),

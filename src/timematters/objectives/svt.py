@@ -10,12 +10,12 @@ global; cross-view correspondences: local -> global).
 
 What the engine calls, besides ``losses, outputs = objective(model, batch)``:
 
-* ``on_step_end(model, step, total_steps)`` after each optimiser step: EMA teacher update, momentum and
-  teacher-temperature schedules, the step counter that seeds the view draws.
-* ``cancel_last_layer_grads(epoch)`` after ``backward`` (after unscaling / clipping) and before
-  ``optimizer.step()``: the head's last layer stays frozen during the first ``freeze_last_layer_epochs``.
-* ``weight_decay_at(step, total_steps, base)`` before each step: the cosine weight-decay schedule
-  (``base`` -> ``weight_decay_end``) for every parameter group that decays.
+* ``on_step_end(model, step, total_steps)`` after each optimiser step (``step`` = steps taken so far):
+  EMA teacher update, momentum and teacher-temperature schedules, the step counter that seeds the views.
+* ``before_optimizer_step(optimizer, epoch=, step=, total_steps=)`` after ``backward`` (after unscaling
+  and clipping), before ``optimizer.step()``: the head's last layer stays frozen during the first
+  ``freeze_last_layer_epochs`` and the weight decay follows a cosine from the group's value to
+  ``weight_decay_end`` (``cancel_last_layer_grads`` / ``weight_decay_at`` are the two halves).
 * ``no_weight_decay()``: the objective's parameter names that must not decay (biases, 1-d tensors).
 """
 from __future__ import annotations
@@ -395,8 +395,8 @@ class SVT(Objective):
         with torch.no_grad():
             outputs: OutDict = {
                 "svt/loss_gg": ce[:, :n_global][pair[:, :n_global]].mean().detach(),
-                "svt/teacher_temp": temp,
-                "svt/momentum": float(self.momentum),
+                "svt/teacher_temp": self.teacher_temp.detach().clone(),
+                "svt/momentum": self.momentum.detach().clone(),
                 **self.collapse_stats(teacher_p, student_cls[0]),
             }
             if ce.shape[1] > n_global:
@@ -448,13 +448,20 @@ class SVT(Objective):
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         self.teacher_synced.fill_(True)
 
+    @staticmethod
+    def _cosine_to_one(base: float, it: int, total: int) -> float:
+        """DINO's per-iteration momentum: ``base`` at iteration 0, 1 at the last."""
+        progress = min(max(it / max(1, total), 0.0), 1.0)
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
     @torch.no_grad()
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
-        """EMA teacher update with the cosine momentum schedule (per iteration, 0.996 -> 1), then the
-        schedules for the next step. ``step`` is the 0-based index of the optimiser step just taken."""
-        total = max(1, int(total_steps))
-        progress = min(max(step / total, 0.0), 1.0)
-        m = 1.0 - (1.0 - self.momentum_base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+        """EMA teacher update, then the schedules for the next step.
+
+        ``step`` counts the optimiser steps taken so far (1 after the first, as the engine passes it);
+        the update just made is iteration ``step - 1`` of DINO's per-iteration cosine momentum schedule.
+        """
+        m = float(self.momentum)
         student, teacher = self._paired_params(model)
         torch._foreach_mul_(teacher, m)
         torch._foreach_add_(teacher, [s.detach().to(t.dtype) for s, t in zip(student, teacher)], alpha=1.0 - m)
@@ -462,21 +469,30 @@ class SVT(Objective):
         for (_, tb), (_, sb) in zip(self.teacher_backbone.named_buffers(), _unwrap(model).named_buffers()):
             tb.copy_(sb)
 
-        nxt = step + 1
-        self.step.fill_(nxt)
-        next_progress = min(nxt / total, 1.0)
-        self.momentum.fill_(1.0 - (1.0 - self.momentum_base) * (math.cos(math.pi * next_progress) + 1.0) / 2.0)
-        warmup = self.warmup_teacher_temp_frac * total
-        if warmup > 0 and nxt < warmup:
-            temp = self.warmup_teacher_temp + (self.teacher_temp_final - self.warmup_teacher_temp) * nxt / warmup
+        self.step.fill_(int(step))
+        self.momentum.fill_(self._cosine_to_one(self.momentum_base, step, total_steps))
+        warmup = self.warmup_teacher_temp_frac * max(1, total_steps)
+        if warmup > 0 and step < warmup:
+            temp = self.warmup_teacher_temp + (self.teacher_temp_final - self.warmup_teacher_temp) * step / warmup
         else:
             temp = self.teacher_temp_final
         self.teacher_temp.fill_(temp)
 
     # -- optimiser hooks -----------------------------------------------------------------------------
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, *, epoch: int, step: int,
+                              total_steps: int) -> None:
+        """Call after backward (and unscaling / clipping), before ``optimizer.step()``; ``step`` is the
+        0-based index of the step about to be taken. Freezes the last layer in the first epoch(s) and
+        sets the cosine weight-decay schedule on every group that decays."""
+        self.cancel_last_layer_grads(epoch)
+        for group in optimizer.param_groups:
+            base = group.setdefault("base_weight_decay", group.get("weight_decay", 0.0))
+            if base > 0:
+                group["weight_decay"] = self.weight_decay_at(step, total_steps, base)
+
     def cancel_last_layer_grads(self, epoch: int) -> None:
         """Drop the head's last-layer gradients during the first ``freeze_last_layer_epochs`` epochs
-        (call after backward, before ``optimizer.step()``; a None grad is skipped by AdamW entirely)."""
+        (a None grad is skipped by AdamW entirely, as the reference does)."""
         if epoch < self.freeze_last_layer_epochs:
             for p in self.student_head.last_layer.parameters():
                 p.grad = None

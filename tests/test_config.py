@@ -1,0 +1,48 @@
+"""The config tree: YAML + key=value overrides, errors that name the key, every shipped config loads."""
+from pathlib import Path
+
+import pytest
+
+from timematters.config import CONFIG_DIR, ConfigError, load_config, parse_override, save_config
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config("synth_time", ["optim.lr=3e-4", "data.scale=[40, 48]", "objective.weights={flow: 0}",
+                                     "model.extra={qkv_bias: false}", "run.deterministic=true"])
+    assert cfg.optim.lr == 3e-4 and cfg.data.scale == (40, 48)
+    assert cfg.objective.weights == {"order": 1.0, "debias": 1.0, "flow": 0}
+    assert cfg.model.extra == {"qkv_bias": False} and cfg.run.deterministic is True
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.lrr=1", "optim.lrr"),
+    ("optim.epochs=ten", "optim.epochs"),
+    ("data.scale=[1, 2, 3]", "data.scale"),
+    ("run.deterministic=3", "run.deterministic"),
+    ("nokey", "key=value"),
+])
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*optim.warmup"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_config")
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: Path(p).stem)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.optim.epochs > 0 and cfg.model.name
