@@ -190,18 +190,29 @@ def test_bias_knob_train_agrees_at_p_validation_at_chance(bench: Path):
 
 
 def test_metadata_reproduces_the_rendered_video(bench: Path):
-    """Re-rendering the objects recorded in the metadata gives the decoded video back."""
+    """Re-rendering the objects recorded in the metadata gives the clip that was encoded, and the
+    decoded video is that clip up to codec noise."""
     meta = load_meta(bench)
     palette = cue_palette(K)
+    errors = []
     for vid, v in meta["videos"].items():
-        decoded = _decode(bench / "20bn-something-something-v2" / f"{vid}.webm").astype(np.float32)
+        original, _, _ = sample_clip(v["class_index"], 3, int(vid) - 1, frames=FRAMES, size=SIZE,
+                                     background=v["background"])
         background = np.broadcast_to(palette[v["background"]], (SIZE, SIZE, 3)).astype(np.float32)
-        video, _ = synth.render(synth._objects_from_meta(v["objects"]), background, FRAMES)
-        err = np.abs(decoded - video).mean()
-        assert err < 4.0, f"video {vid}: mean abs error {err:.2f}"
+        objects = synth._objects_from_meta(v["objects"])
+        video, _ = synth.render(objects, background, FRAMES)
+        assert np.abs(video.astype(int) - original).max() <= 2, vid  # metadata is rounded to 1e-3
+        decoded = _decode(bench / "20bn-something-something-v2" / f"{vid}.webm").astype(np.float32)
+        err = np.abs(decoded - original).mean()  # VP9 crf 10 with 4:2:0 chroma: a few grey levels
+        for o in objects:
+            o.cx = o.cx + 2.0
+        shifted, _ = synth.render(objects, background, FRAMES)
+        errors.append(err)
+        assert err < 0.8 * np.abs(decoded - shifted).mean(), f"video {vid}: 2 px off fits as well"
         for o in v["objects"]:
             c = np.asarray(o["center"])
             np.testing.assert_allclose(np.asarray(o["motion"]), np.diff(c, axis=0), atol=2e-3)
+    assert np.mean(errors) < 4.0
 
 
 def test_metadata_centres_match_decoded_object_positions(bench: Path):

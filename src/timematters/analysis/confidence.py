@@ -49,17 +49,20 @@ def plot_confidence_gap(histograms: Mapping[str, Mapping[str, Any]], path: str, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    n = len(histograms)
     for i, (name, h) in enumerate(histograms.items()):
         edges, mass = np.asarray(h["edges"]), np.asarray(h["mass"])
-        c = colors[i % len(colors)]
-        ax.stairs(mass, edges, fill=True, alpha=0.25, color=c)
-        ax.stairs(mass, edges, color=c, linewidth=2, label=f"{name} (mean {h['mean']:+.3f}, n={h['count']})")
+        # bars of the models side by side inside each bin, so no model hides another
+        width = np.diff(edges) / n
+        mean = 0.0 if abs(h["mean"]) < 5e-4 else h["mean"]
+        ax.bar(edges[:-1] + i * width, mass, width=width, align="edge", alpha=0.85,
+               label=f"{name}: mean gap {mean:+.3f} (n={h['count']})")
     ax.axvline(0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xlim(*GAP_RANGE)
     ax.set_xlabel("confidence gap  p(y | x) − p(y | x shuffled)")
     ax.set_ylabel("probability mass")
-    ax.set_title(title or f"Confidence gap, original vs shuffled ({len(next(iter(histograms.values()))['counts'])} bins)")
+    bins = len(next(iter(histograms.values()))["counts"])
+    ax.set_title(title or f"Confidence gap between original and shuffled clips ({bins} bins)")
     ax.legend(loc="upper left", fontsize=9, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -3,8 +3,9 @@
 PyAV (which bundles FFmpeg) is the default backend. ``VideoReader.get_frames(indices)`` seeks once to the
 keyframe at or before the first requested frame, then walks the packets forward and decodes only what the
 requested frames depend on: a run of packets that ends before the next requested frame is dropped when a
-later keyframe makes it unnecessary, and decoding stops after the last requested frame. Only the requested
-frames are converted to RGB. The whole video is never decoded unless the clip spans it.
+later keyframe makes it unnecessary, non-reference frames that were not requested are skipped by the
+decoder (``skip_frame``), and decoding stops after the last requested frame. Only the requested frames are
+converted to RGB. The whole video is never decoded unless the clip spans it.
 
 Frame ``i`` is the i-th frame in presentation order. Its index is computed from its timestamp,
 ``round((pts - start) * time_base * fps)``, which is exact for constant-frame-rate files (the tests check
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.codec.context import ThreadType
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +171,24 @@ class VideoReader:
         got: dict[int, np.ndarray] = {}
         pending: list[av.Packet] = []  # packets read but not yet decoded
         first_out = True
+        # skip_frame is read when a packet is decoded; with frame threading that happens later, so only
+        # switch it per packet when frame threading is off (PyAV's default is slice threading).
+        frame_threads_off = not (ctx.thread_type & ThreadType.FRAME)
+        skipping = False
+        ctx.skip_frame = "DEFAULT"
 
         def next_wanted() -> int:
             return min(todo)
 
         def feed(packets) -> bool:
             """Decode packets; keep wanted frames. Returns False when the seek overshot."""
-            nonlocal first_out
+            nonlocal first_out, skipping
             for pkt in packets:
+                if pkt is not None and frame_threads_off:
+                    # a frame no one asked for and no other frame refers to need not be decoded at all
+                    skip = pkt.pts is not None and self._index(pkt.pts) not in todo
+                    if skip != skipping:
+                        ctx.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
                 for frame in ctx.decode(pkt):
                     if frame.pts is None:
                         raise DecodeError(self.path, "decoded frame without a timestamp")

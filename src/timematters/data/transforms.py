@@ -14,6 +14,7 @@ frames handed to ``label_fn`` include them.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -55,9 +56,11 @@ def eval_geometry(h: int, w: int, *, img_size: int, crop_index: int = 1, num_cro
     elif not 0 <= crop_index < 3:
         raise ValueError(f"crop_index must be 0, 1 or 2, got {crop_index}")
     sh, sw, s = _scaled_size(h, w, img_size)
-    pos = [0.0, 0.5, 1.0][crop_index]
-    x0 = round((sw - img_size) * pos) if sw >= sh else (sw - img_size) // 2
-    y0 = round((sh - img_size) * pos) if sh > sw else (sh - img_size) // 2
+    def offset(length: int, k: int) -> int:  # start of crop k along one axis; centre rounds up (PySlowFast)
+        return [0, math.ceil((length - img_size) / 2), length - img_size][k]
+
+    x0 = offset(sw, crop_index if sw >= sh else 1)
+    y0 = offset(sh, crop_index if sh > sw else 1)
     return {"scale": s, "crop": [x0, y0, x0 + img_size, y0 + img_size], "flip": False,
             "out_size": [img_size, img_size]}
 

@@ -26,7 +26,7 @@ from ..config import Config, load_config, save_config, to_dict
 from ..objectives import Objective, build_objective
 from ..utils import rng_for
 from . import checkpoint as ckpt
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, param_groups
 
 log = logging.getLogger("timematters.train")
@@ -214,13 +214,13 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
                 losses, outputs = trainee(batch)
             loss = sum(losses.values())
             if not math.isfinite(loss.item()):
-                terms = {k: float(v) for k, v in losses.items()}
+                terms = {k: float(v.detach()) for k, v in losses.items()}
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {global_step}: {terms}; "
                                          "lower optim.lr, enable optim.clip_grad, or check the input data")
             scaled = loss / accum
             (scaler.scale(scaled) if scaler else scaled).backward()
         for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v) / accum
+            running[k] = running.get(k, 0.0) + float(v.detach()) / accum
         for k, v in outputs.items():
             if k.startswith(("acc/", "svt/", "taco/", "rtt/")) and torch.is_tensor(v) and v.numel() == 1:
                 running[k] = running.get(k, 0.0) + float(v) / accum
@@ -238,12 +238,16 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         global_step += 1
         objective.on_step_end(model, global_step, total_steps)
-        total = sum(v for k, v in running.items() if "/" not in k)
+        if global_step % log_every == 0 or global_step % steps_per_epoch == 0:
+            if info.enabled:  # the mean over ranks is the global batch's value
+                keys = sorted(running)
+                values = all_reduce_mean(torch.tensor([running[k] for k in keys], dtype=torch.float64), info)
+                running = dict(zip(keys, values.tolist()))
+            total = sum(v for k, v in running.items() if "/" not in k)
+            metrics.write("train", global_step, {"epoch": epoch, "lr": lr, "loss": total, **running})
         if info.is_main:
             progress.update(1)
-            progress.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
-        if global_step % log_every == 0 or global_step % steps_per_epoch == 0:
-            metrics.write("train", global_step, {"epoch": epoch, "lr": lr, "loss": total, **running})
+            progress.set_postfix(loss=f"{sum(v for k, v in running.items() if '/' not in k):.3f}", lr=f"{lr:.2e}")
         running = {}
         if on_step is not None:
             on_step(global_step)
@@ -264,8 +268,8 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
                 n += len(batch["label"])
         return {"top1": 100.0 * correct / max(1, n), "num_samples": n}
     from ..analysis.evaluate import evaluate
-    from ..analysis.groups import class_groups_for
-    groups = class_groups_for(cfg.data.root, class_names)
+    from ..analysis.groups import resolve_groups
+    groups = resolve_groups("auto", class_names, cfg.data.root)
     return evaluate(model, loader, device=device, shuffles=cfg.run.eval_shuffles, seed=cfg.run.seed,
                     class_groups=groups, class_names=class_names)
 
@@ -372,7 +376,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             autocast=autocast, scaler=scaler, clip_grad=o.clip_grad, device=info.device, info=info,
             metrics=metrics, log_every=cfg.run.log_every, on_step=on_step)
         epoch_time = time.time() - t0
-        failures = getattr(train_set, "failure_report", lambda: {})()
+        failures = train_set.failure_summary() if getattr(train_set, "failed", None) else ""
         save(global_step)
         values = {"epoch": epoch, "epoch_time_s": epoch_time}
         if val_loader is not None:

@@ -319,7 +319,7 @@ class TaCo(Objective):
             loss, acc = info_nce(head(h[name]), positive, negatives, self.temperature, neg_mask)
             contrast.append(loss)
             accs.append(acc)
-            out[f"loss/contrast_{'base' if name == base else name}"] = loss.detach()
+            out[f"taco/contrast_{'base' if name == base else name}"] = loss.detach()
         losses["contrast"] = self.weights["contrast"] * torch.stack(contrast).sum()
         out["acc/contrast"] = torch.stack(accs).mean()
 

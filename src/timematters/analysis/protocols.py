@@ -1,0 +1,538 @@
+"""Evaluation protocols of self-supervised video backbones.
+
+    timematters linear    --checkpoint RUN --data DIR   linear probe on frozen features
+                          [--task sync|before-after]     (or RTT's time-related probes, see below)
+    timematters finetune  --checkpoint RUN --data DIR   full fine-tuning (AdamW, cosine)
+    timematters knn       --checkpoint RUN --data DIR   weighted kNN vote on frozen features
+    timematters retrieval --checkpoint RUN --data DIR   top-k hit rate, test queries vs the train set
+
+Every command writes a metrics JSON (``--out``); ``--random-init`` evaluates the checkpoint's
+architecture with fresh random weights (the baseline every pretraining method is compared with).
+
+- Linear probe: features of the frozen backbone (``Features.cls``, averaged over ``--views`` clips per
+  video), standardised with train statistics, then a linear classifier. ``--solver sgd`` (default): SGD
+  with momentum 0.9 and a cosine schedule, as SVT's linear evaluation; ``--solver lbfgs``: multinomial
+  logistic regression with an L2 penalty fitted full-batch with L-BFGS.
+- kNN (as DINO/SVT): l2-normalised features, the k = 20 most cosine-similar train videos vote with
+  weight exp(sim / T), T = 0.07.
+- Retrieval (RTT Table 4): features averaged over 10 clips per video, normalised with the train-set
+  statistics (RTT: "we first normalize the features using the training set statistics"), cosine
+  similarity; a test query is a hit at k when a train video of its class is among its k nearest.
+- Synchronisation (RTT Table 3, ``linear --task sync``): two overlapping clips of a video, the second
+  delayed by d in -6..+6 frames; a classifier of three fully connected layers on psi(x1) - psi(x2)
+  predicts d (13 classes): accuracy and mean absolute error in frames.
+- Before-after (``linear --task before-after``): two non-overlapping sub-clips of ``clip_len / 2``
+  frames, concatenated in time order (class 0) or swapped (class 1) into one clip; the same
+  three-layer classifier on its feature predicts the order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..utils import resolve_device, rng_for, torch_rng_for
+from .features import clip_features, extract_features, video_keys
+
+RETRIEVAL_KS = (1, 5, 10, 20, 50)
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # video (B, T, C, H, W) -> (B, D)
+
+
+# ============================================================================ classifiers on features
+def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -> list[torch.Tensor]:
+    """Subtract the train mean and divide by the train standard deviation (per dimension)."""
+    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False).clamp_min(eps)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def make_classifier(in_dim: int, num_classes: int, hidden: tuple[int, ...] = ()) -> nn.Module:
+    """A linear classifier, or an MLP with ReLU between ``hidden`` layers (hidden=(h, h): 3 FC layers)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    layers.append(nn.Linear(d, num_classes))
+    return nn.Sequential(*layers) if len(layers) > 1 else layers[0]
+
+
+def fit_classifier_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, hidden: tuple[int, ...] = (),
+                       epochs: int = 100, lr: float = 0.1, batch_size: int = 256, weight_decay: float = 0.0,
+                       seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """Minibatch SGD (momentum 0.9, cosine schedule per step) on features x (N, D), labels y (N,)."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    clf = make_classifier(x.shape[1], num_classes, hidden).to(device)
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    x, y = x.to(device), y.to(device)
+    n = len(x)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    g = torch_rng_for(seed, 0x11AE)
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g).to(device)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(clf(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return clf.eval()
+
+
+def fit_classifier_lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: float = 1e-4,
+                         max_iter: int = 500, device: str | torch.device = "cpu") -> nn.Module:
+    """Multinomial logistic regression: mean cross-entropy + l2 * ||W||^2, full batch, L-BFGS."""
+    device = torch.device(device)
+    clf = nn.Linear(x.shape[1], num_classes).to(device)
+    nn.init.zeros_(clf.weight)
+    nn.init.zeros_(clf.bias)
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(clf(x), y) + l2 * clf.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return clf.eval()
+
+
+@torch.no_grad()
+def predict(clf: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (N, K) on the classifier's device, returned on the CPU."""
+    device = next(clf.parameters()).device
+    return torch.cat([clf(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def topk_accuracy(scores: torch.Tensor, y: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent for k in ``ks`` (k capped at the number of classes)."""
+    out = {}
+    for k in ks:
+        kk = min(k, scores.shape[1])
+        hit = (scores.topk(kk, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
+        out[f"top{k}"] = 100.0 * hit
+    return out
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                 num_classes: int, solver: str = "sgd", epochs: int = 100, lr: float = 0.1,
+                 batch_size: int = 256, weight_decay: float = 0.0, l2: float = 1e-4, seed: int = 0,
+                 device: str | torch.device = "cpu") -> dict[str, float]:
+    """Standardise with train statistics, fit a linear classifier, report train and test accuracy (%)."""
+    train_x, test_x = standardize(train_x.float(), test_x.float())
+    if solver == "sgd":
+        clf = fit_classifier_sgd(train_x, train_y, num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+                                 weight_decay=weight_decay, seed=seed, device=device)
+    elif solver == "lbfgs":
+        clf = fit_classifier_lbfgs(train_x, train_y, num_classes, l2=l2, device=device)
+    else:
+        raise ValueError(f"linear probe: solver must be 'sgd' or 'lbfgs', got {solver!r}")
+    test = topk_accuracy(predict(clf, test_x), test_y)
+    train = topk_accuracy(predict(clf, train_x), train_y, ks=(1,))
+    return {"top1": test["top1"], "top5": test["top5"], "train_top1": train["top1"]}
+
+
+def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, *, num_classes: int,
+               k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN votes (N_test, K): the k most cosine-similar train features vote for their class with
+    weight exp(sim / temperature)."""
+    if k < 1:
+        raise ValueError(f"kNN: k must be >= 1, got {k}")
+    train_x = F.normalize(train_x.float(), dim=1)
+    test_x = F.normalize(test_x.float(), dim=1)
+    k = min(k, len(train_x))
+    out = []
+    for i in range(0, len(test_x), chunk):
+        sim = test_x[i:i + chunk] @ train_x.t()                          # (n, N_train)
+        top, idx = sim.topk(k, dim=1)                                    # (n, k)
+        weights = (top / temperature).exp()
+        votes = torch.zeros(len(sim), num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, train_y[idx], weights)
+        out.append(votes)
+    return torch.cat(out)
+
+
+def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                 num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    scores = knn_scores(train_x, train_y, test_x, num_classes=num_classes, k=k, temperature=temperature)
+    return topk_accuracy(scores, test_y)
+
+
+def retrieval_hit_rates(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                        ks: Iterable[int] = RETRIEVAL_KS, normalize: bool = True) -> dict[str, float]:
+    """Share (%) of test queries with a train video of their class among their k nearest (cosine), per k.
+
+    ``normalize`` first standardises both sets with the train statistics (as RTT)."""
+    if normalize:
+        train_x, test_x = standardize(train_x.float(), test_x.float())
+    sim = F.normalize(test_x.float(), dim=1) @ F.normalize(train_x.float(), dim=1).t()  # (N_test, N_train)
+    ks = list(ks)
+    kmax = min(max(ks), len(train_x))
+    nearest = train_y[sim.topk(kmax, dim=1).indices]                     # (N_test, kmax) labels
+    match = nearest == test_y[:, None]
+    return {f"top{k}": 100.0 * match[:, :min(k, kmax)].any(dim=1).float().mean().item() for k in ks}
+
+
+# ============================================================================ RTT time-related probes
+def sync_pairs(max_offset: int, rng: np.random.Generator) -> np.ndarray:
+    """One pair per offset d in -max_offset..max_offset: rows (a, b, d) with b - a = d, where a and b index
+    the 2*max_offset + 1 clips of a video shifted by 0, 1, ... frames (a uniformly random where it fits)."""
+    rows = []
+    for d in range(-max_offset, max_offset + 1):
+        a = int(rng.integers(max(0, -d), 2 * max_offset - max(0, d) + 1))
+        rows.append((a, a + d, d))
+    return np.asarray(rows, dtype=np.int64)
+
+
+def before_after_pairs(num_frames: int, sub_len: int, pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """``pairs`` rows (a, b): starts of two non-overlapping ``sub_len``-frame sub-clips, a + sub_len <= b."""
+    if 2 * sub_len > num_frames:
+        raise ValueError(f"before-after: two {sub_len}-frame sub-clips do not fit a {num_frames}-frame clip")
+    rows = []
+    for _ in range(pairs):
+        a = int(rng.integers(0, num_frames - 2 * sub_len + 1))
+        b = int(rng.integers(a + sub_len, num_frames - sub_len + 1))
+        rows.append((a, b))
+    return np.asarray(rows, dtype=np.int64)
+
+
+@torch.no_grad()
+def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: int, max_offset: int = 6,
+                  seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of overlapping clips per video -> (psi(x1) - psi(x2) (P, D), offset class d + max_offset (P,)).
+
+    Each loaded clip (dense, stride 1) must hold at least ``clip_len + 2 * max_offset`` frames; clip j
+    starts at frame j. The pair draw of a video is keyed by (seed, its key)."""
+    device = torch.device(device)
+    n_pos = 2 * max_offset + 1
+    xs, ys = [], []
+    for batch in loader:
+        video = batch["video"].to(device)                                 # (B, L, C, H, W)
+        B, L = video.shape[:2]
+        if L < clip_len + n_pos - 1:
+            raise ValueError(f"sync: clips of {clip_len} frames with offsets up to {max_offset} need "
+                             f"{clip_len + n_pos - 1} source frames, the loader gives {L}")
+        shifted = torch.stack([video[:, j:j + clip_len] for j in range(n_pos)], dim=1)  # (B, n_pos, t, ...)
+        f = feature_fn(shifted.flatten(0, 1)).float().reshape(B, n_pos, -1).cpu()     # (B, n_pos, D)
+        for b, key in enumerate(video_keys(batch)):
+            pairs = sync_pairs(max_offset, rng_for(seed, _key_int(key), 0x5C))
+            xs.append(f[b, pairs[:, 0]] - f[b, pairs[:, 1]])
+            ys.append(torch.as_tensor(pairs[:, 2] + max_offset))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: int, pairs: int = 4,
+                          seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per video ``pairs`` pairs of non-overlapping sub-clips of clip_len // 2 frames, each concatenated in
+    order (label 0, "before") and swapped (label 1, "after") -> (features (2P, D), labels (2P,))."""
+    device = torch.device(device)
+    half = clip_len // 2
+    xs, ys = [], []
+    for batch in loader:
+        video = batch["video"].to(device)                                 # (B, L, C, H, W)
+        B, L = video.shape[:2]
+        clips, labels = [], []
+        for b, key in enumerate(video_keys(batch)):
+            for a, c in before_after_pairs(L, half, pairs, rng_for(seed, _key_int(key), 0xBA)):
+                first, second = video[b, a:a + half], video[b, c:c + half]
+                clips += [torch.cat([first, second]), torch.cat([second, first])]
+                labels += [0, 1]
+        xs.append(feature_fn(torch.stack(clips)).float().cpu())
+        ys.append(torch.as_tensor(labels))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _key_int(key) -> int:
+    """A stable integer for a video key (int index or string id)."""
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    return int.from_bytes(str(key).encode()[-8:].rjust(8, b"\0"), "little")
+
+
+def time_task_probe(task: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                    test_y: torch.Tensor, *, max_offset: int = 6, hidden: int = 512, epochs: int = 100,
+                    lr: float = 0.1, batch_size: int = 256, seed: int = 0,
+                    device: str | torch.device = "cpu") -> dict[str, float]:
+    """Three fully connected layers (as RTT) on standardised pair features: accuracy (%) and, for sync, the
+    mean absolute offset error in frames."""
+    num_classes = 2 * max_offset + 1 if task == "sync" else 2
+    train_x, test_x = standardize(train_x, test_x)
+    clf = fit_classifier_sgd(train_x, train_y, num_classes, hidden=(hidden, hidden), epochs=epochs, lr=lr,
+                             batch_size=batch_size, seed=seed, device=device)
+    pred = predict(clf, test_x).argmax(dim=1)
+    out = {"accuracy": 100.0 * (pred == test_y).float().mean().item(),
+           "train_accuracy": 100.0 * (predict(clf, train_x).argmax(1) == train_y).float().mean().item(),
+           "chance": 100.0 / num_classes, "pairs_train": len(train_y), "pairs_test": len(test_y)}
+    if task == "sync":
+        out["mae"] = (pred - test_y).abs().float().mean().item()
+    return out
+
+
+# ============================================================================ loading
+def load_backbone(checkpoint: str, device: torch.device, *, random_init: bool = False,
+                  seed: int = 0) -> tuple[nn.Module, dict]:
+    """The run's backbone and spec; with ``random_init`` the same architecture with fresh weights."""
+    from ..engine.checkpoint import load_model, read_spec
+    if not random_init:
+        return load_model(checkpoint, device)
+    from ..models import create_model
+    spec = read_spec(checkpoint)
+    torch.manual_seed(seed)
+    return create_model(spec["name"], **spec["create_kwargs"]).to(device).eval(), spec
+
+
+def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: bool, num_frames: int,
+                 sampling: str, stride: int, views: int = 1, batch_size: int | None = None) -> tuple[DataLoader, list[str]]:
+    from ..data.dataset import build_video_dataset, collate
+    root = args.data or spec.get("data", {}).get("root")
+    fmt = args.format or spec.get("data", {}).get("format", "ssv2")
+    if not root:
+        raise ValueError("no dataset: pass --data DIR (the checkpoint's spec names none)")
+    size = int(spec["img_size"])
+    dataset, class_names = build_video_dataset(
+        root, fmt, split, train=train, limit=args.limit, num_frames=num_frames, img_size=size,
+        sampling=sampling, stride=stride, scale=(size, max(size, round(size * 1.25))), mean=spec["mean"],
+        std=spec["std"], views=views, seed=args.seed)
+    loader = DataLoader(dataset, batch_size=batch_size or args.batch_size, shuffle=train,
+                        num_workers=args.num_workers, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(args.seed) if train else None)
+    return loader, class_names
+
+
+def _clip_len(args: argparse.Namespace, spec: dict) -> int:
+    return int(args.num_frames or spec["num_frames"])
+
+
+def frozen_features(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device,
+                    views: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """(train feats, train labels, test feats, test labels, class names), averaged over ``views`` clips."""
+    t = _clip_len(args, spec)
+    out = []
+    class_names: list[str] = []
+    for split in (args.train_split, args.val_split):
+        loader, class_names = build_loader(args, spec, split, train=False, num_frames=t, sampling=args.sampling,
+                                           stride=args.stride, views=views)
+        out += list(extract_features(model, loader, device=device, mode=args.mode,
+                                     autocast=device.type == "cuda"))
+    return out[0], out[1], out[2], out[3], class_names
+
+
+def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dict:
+    record = {"protocol": protocol, "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init),
+              **metrics,
+              "settings": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}}
+    text = json.dumps(record, indent=1, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
+             if isinstance(v, (int, float))}
+    print(f"{protocol}: {shown}")
+    return record
+
+
+# ============================================================================ CLI
+def _common(p: argparse.ArgumentParser, *, views: int, epochs: int, lr: float, batch_size: int) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--data", default="", help="dataset root (default: the checkpoint's training data)")
+    p.add_argument("--format", default="", help="annotation format (default: the checkpoint's)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="validation")
+    p.add_argument("--views", type=int, default=views, help="temporal clips per video, features averaged")
+    p.add_argument("--num-frames", type=int, default=0, help="frames per clip (default: the model's)")
+    p.add_argument("--sampling", default="tsn", choices=("tsn", "dense"))
+    p.add_argument("--stride", type=int, default=2, help="frame stride of dense sampling")
+    p.add_argument("--mode", default="cls", choices=("cls", "slowfast"), help="clip feature")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--limit", type=int, default=0, help="use only the first N videos of each split")
+    p.add_argument("--random-init", action="store_true", help="the checkpoint's architecture, random weights")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="write the metrics here (JSON)")
+
+
+def add_linear_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p, views=1, epochs=100, lr=0.1, batch_size=16)
+    p.add_argument("--task", default="classify", choices=("classify", "sync", "before-after"),
+                   help="classify: linear probe on the labels; sync / before-after: RTT's time-related probes")
+    p.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"))
+    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
+    p.add_argument("--l2", type=float, default=1e-4, help="L-BFGS L2 penalty")
+    p.add_argument("--max-offset", type=int, default=6, help="sync: offsets -N..N frames")
+    p.add_argument("--pairs", type=int, default=4, help="before-after: pairs per video")
+    p.add_argument("--hidden", type=int, default=512, help="sync / before-after: width of the 3-layer probe")
+    p.add_argument("--source-frames", type=int, default=0,
+                   help="before-after: frames (stride 1) the two sub-clips are drawn from (default 2 x clip)")
+
+
+def main_linear(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    if args.task == "classify":
+        tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views)
+        metrics = linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names), solver=args.solver,
+                               epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, l2=args.l2,
+                               seed=args.seed, device=device)
+        metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+        write_metrics(args, "linear", metrics)
+        return 0
+    metrics = time_task(args, model, spec, device)
+    write_metrics(args, args.task, metrics)
+    return 0
+
+
+def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device) -> dict:
+    """RTT's synchronisation or before-after probe on frozen features (dense clips at stride 1)."""
+    t = _clip_len(args, spec)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    def feature_fn(video: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return clip_features(model, video, args.mode)
+
+    data = []
+    for split in (args.train_split, args.val_split):
+        if args.task == "sync":
+            L = t + 2 * args.max_offset
+            loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
+                                     batch_size=max(1, args.batch_size // (2 * args.max_offset + 1)))
+            data.append(sync_features(feature_fn, loader, clip_len=t, max_offset=args.max_offset,
+                                      seed=args.seed, device=device))
+        else:
+            L = args.source_frames or 2 * t
+            loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
+                                     batch_size=max(1, args.batch_size // (2 * args.pairs)))
+            data.append(before_after_features(feature_fn, loader, clip_len=t, pairs=args.pairs, seed=args.seed,
+                                              device=device))
+    model.eval()
+    return time_task_probe(args.task, data[0][0], data[0][1], data[1][0], data[1][1],
+                           max_offset=args.max_offset, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+                           seed=args.seed, device=device)
+
+
+def add_knn_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p, views=1, epochs=0, lr=0.0, batch_size=16)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.07)
+
+
+def main_knn(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views)
+    metrics = knn_classify(tr_x, tr_y, te_x, te_y, num_classes=len(names), k=args.k, temperature=args.temperature)
+    metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+    write_metrics(args, "knn", metrics)
+    return 0
+
+
+def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p, views=10, epochs=0, lr=0.0, batch_size=16)
+    p.add_argument("--ks", type=int, nargs="+", default=list(RETRIEVAL_KS))
+
+
+def main_retrieval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    tr_x, tr_y, te_x, te_y, _ = frozen_features(args, model, spec, device, args.views)
+    metrics = retrieval_hit_rates(tr_x, tr_y, te_x, te_y, ks=args.ks)
+    metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+    write_metrics(args, "retrieval", metrics)
+    return 0
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p, views=1, epochs=10, lr=1e-4, batch_size=16)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+
+
+def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader, *, num_classes: int,
+             epochs: int, lr: float, weight_decay: float = 0.05, label_smoothing: float = 0.0,
+             warmup_epochs: float = 1.0, device: torch.device, log: Callable[[str], None] = print) -> dict:
+    """Replace the head, train every weight with AdamW (linear warm-up, cosine), report video-level top-1/5
+    (softmax averaged over each video's clips)."""
+    model.reset_classifier(num_classes)
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n not in model.no_weight_decay())]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=lr)
+    total = max(1, epochs * len(train_loader))
+    warm = int(warmup_epochs * len(train_loader))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    step = 0
+    for epoch in range(epochs):
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)
+        model.train()
+        running, n = 0.0, 0
+        for batch in train_loader:
+            scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            for g in opt.param_groups:
+                g["lr"] = lr * scale
+            with autocast():
+                logits = model(batch["video"].to(device, non_blocking=True))
+            loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach()) * len(batch["label"])
+            n += len(batch["label"])
+            step += 1
+        log(f"finetune epoch {epoch}: loss {running / max(1, n):.4f}")
+    return evaluate_classifier(model, test_loader, num_classes=num_classes, device=device) | {"train_loss": running / max(1, n)}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device) -> dict:
+    """Video-level top-1/top-5 (%) with softmax scores averaged over each video's clips."""
+    model.eval()
+    probs: dict = {}
+    labels: dict = {}
+    for batch in loader:
+        p = model(batch["video"].to(device)).float().softmax(dim=-1).cpu()
+        for key, pi, yi in zip(video_keys(batch), p, batch["label"].tolist()):
+            probs[key] = probs.get(key, 0) + pi
+            labels[key] = yi
+    scores = torch.stack([probs[k] for k in probs])
+    return topk_accuracy(scores, torch.tensor([labels[k] for k in probs])) | {"videos_test": len(probs)}
+
+
+def main_finetune(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    t = _clip_len(args, spec)
+    train_loader, names = build_loader(args, spec, args.train_split, train=True, num_frames=t,
+                                       sampling=args.sampling, stride=args.stride)
+    test_loader, _ = build_loader(args, spec, args.val_split, train=False, num_frames=t, sampling=args.sampling,
+                                  stride=args.stride, views=args.views)
+    torch.manual_seed(args.seed)
+    metrics = finetune(model, train_loader, test_loader, num_classes=len(names), epochs=args.epochs, lr=args.lr,
+                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                       warmup_epochs=args.warmup_epochs, device=device)
+    write_metrics(args, "finetune", metrics)
+    return 0
