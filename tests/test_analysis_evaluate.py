@@ -138,3 +138,38 @@ def test_bad_inputs_raise_clear_errors():
         evaluate(model, unlabelled, device="cpu")
     with pytest.raises(ValueError, match="no batches"):
         evaluate(model, [], device="cpu")
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import json
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(3)
+        model = FrameWeighted(num_classes=4)
+        batches = make_batches(model, num_videos=7, batch_size=1, T=4, views=2)
+        # shard clip by clip (views of one video land on different ranks), as the engine's validation does
+        mine = batches[rank::world]
+        out = evaluate(model, mine, device="cpu", shuffles=2, seed=5)
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump(out, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_shards_merge_to_the_single_process_result(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(3)
+    model = FrameWeighted(num_classes=4)
+    single = evaluate(model, make_batches(model, num_videos=7, batch_size=1, T=4, views=2), device="cpu",
+                      shuffles=2, seed=5)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.json")), nprocs=2, join=True)
+    merged = json.loads((tmp_path / "out.json").read_text())
+    assert merged["num_videos"] == single["num_videos"] == 7 and merged["num_clips"] == 14
+    for key in ("top1", "top5", "shuffled_top1", "reversed_top1", "gap_top1"):
+        assert merged[key] == pytest.approx(single[key])
+    assert merged["loss"] == pytest.approx(single["loss"])

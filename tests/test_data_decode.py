@@ -36,7 +36,7 @@ def test_sample_clips_match_full_decode(sample_video):
         np.testing.assert_array_equal(got, full[indices], err_msg=f"{path.name} {indices}")
 
 
-@pytest.mark.parametrize("suffix,bframes", [(".webm", False), (".mp4", True), (".mp4", False)])
+@pytest.mark.parametrize("suffix,bframes", [(".webm", False), (".mp4", True), (".mp4", False), (".avi", True)])
 def test_written_videos_match_full_decode(tmp_path, suffix, bframes):
     # several keyframes (gop 7) so that seeking and dropping packets between requested frames both happen
     path = write_video(tmp_path / f"clip{suffix}", 45, gop=7, bframes=bframes)
@@ -44,6 +44,7 @@ def test_written_videos_match_full_decode(tmp_path, suffix, bframes):
     with VideoReader(path) as reader:
         assert reader.num_frames == len(full) == 45
         assert reader.count_source == ("packets" if suffix == ".webm" else "metadata")
+        # (the .avi with B-frames starts at pts 1 although its start_time says 0: frame 0 is still frame 0)
         for indices in _index_sets(45, seed=3) + [list(range(0, 45, 11)), [20, 21, 22]]:
             np.testing.assert_array_equal(reader.get_frames(indices), full[indices], err_msg=str(indices))
 
@@ -77,3 +78,25 @@ def test_auto_backend_works_without_torchcodec(tmp_path):
     if not torchcodec_available():
         with pytest.raises(RuntimeError, match="torchcodec"):
             open_video(path, backend="torchcodec")
+
+
+def test_synthetic_benchmark_decodes_frame_exact(tmp_path, capsys):
+    """The built-in benchmark (written by `timematters synth`) reads through the SSv2 reader, every video
+    decodes, and requested frames equal an independent full decode."""
+    from timematters import cli
+    from timematters.data.annotations import read_annotations
+
+    out = tmp_path / "synth"
+    assert cli.main(["synth", "--out", str(out), "--videos", "40", "--frames", "8", "--size", "32",
+                     "--workers", "1"]) == 0
+    records = read_annotations(out, "ssv2", "train")[0] + read_annotations(out, "ssv2", "validation")[0]
+    assert len(records) == 40
+    rng = np.random.default_rng(0)
+    for r in records[:8]:
+        full = decode_all(r.path)
+        assert count_frames(r.path, backend="pyav") == len(full) == 8
+        indices = tsn_indices(8, 4, rng).tolist() + [7, 0]
+        np.testing.assert_array_equal(read_frames(r.path, indices, backend="pyav"), full[indices])
+    capsys.readouterr()
+    assert cli.main(["data", "check", str(out)]) == 0
+    assert "40 of 40 videos decode" in capsys.readouterr().out

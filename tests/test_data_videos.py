@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-CODECS = {".webm": "libvpx-vp9", ".mp4": "libx264"}
+CODECS = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4"}  # .avi as UCF101 / HMDB51
 
 
 def sample_videos() -> list[Path]:
@@ -37,7 +37,8 @@ def frame_content(i: int, h: int, w: int) -> np.ndarray:
 
 def write_video(path: Path, num_frames: int, *, width: int = 64, height: int = 48, fps: int = 12,
                 gop: int = 10, bframes: bool = True) -> Path:
-    """Encode ``num_frames`` frames with PyAV (VP9 for .webm, H.264 for .mp4), a keyframe every ``gop``."""
+    """Encode ``num_frames`` frames with PyAV (VP9 .webm, H.264 .mp4, MPEG-4 part 2 .avi), a keyframe every
+    ``gop``; B-frames for .mp4 / .avi when ``bframes``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
@@ -46,6 +47,8 @@ def write_video(path: Path, num_frames: int, *, width: int = 64, height: int = 4
         stream.codec_context.gop_size = gop
         if path.suffix == ".mp4":
             stream.codec_context.options = {"bf": "2" if bframes else "0", "sc_threshold": "0"}
+        elif path.suffix == ".avi":
+            stream.codec_context.options = {"bf": "2" if bframes else "0"}
         else:
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
         for i in range(num_frames):
@@ -75,7 +78,7 @@ def make_bad_files(folder: Path, good: Path) -> dict[str, Path]:
     return bad
 
 
-@pytest.mark.parametrize("suffix", [".webm", ".mp4"])
+@pytest.mark.parametrize("suffix", [".webm", ".mp4", ".avi"])
 def test_written_video_has_every_frame(tmp_path, suffix):
     path = write_video(tmp_path / f"v{suffix}", 15)
     frames = decode_all(path)

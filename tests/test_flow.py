@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from timematters.flow import ESTIMATORS, FlowLabeler, flow_direction_labels
+from timematters.flow import ESTIMATORS, IGNORE_INDEX, FlowLabeler, flow_direction_labels
 from timematters.utils import rng_for
 
 SIZE, PATCH = 128, 16
@@ -160,7 +160,6 @@ def test_real_clip_labels_are_plausible_and_deterministic():
 
 
 # ----------------------------------------------------------------------------- synthetic truth
-@pytest.mark.slow
 def test_labels_follow_the_synthetic_benchmarks_true_motion(tmp_path):
     synth = pytest.importorskip("timematters.data.synth")
     # the same code the benchmark prints, loaded from its file (benchmarks/ is not a package)
@@ -170,9 +169,36 @@ def test_labels_follow_the_synthetic_benchmarks_true_motion(tmp_path):
     spec.loader.exec_module(bench)
     synth_truth_agreement = bench.synth_truth_agreement
     root = synth.generate(tmp_path / "synth", videos=28, frames=8, size=128, seed=0, workers=1)
-    result = synth_truth_agreement(root, estimators=[("farneback", 1.0)], patch_size=16, tau=1.0,
-                                   max_videos=14)
+    result = synth_truth_agreement(root, estimators=[("farneback", 1.0)], patch_size=16, tau=1.0)
     row = result["farneback@1"]
-    assert row["moving_patches"] > 20
-    assert row["direction_on_moving"] > 0.8
-    assert row["static_zero"] > 0.8
+    # Farneback is far from perfect on flat-coloured shapes (aperture problem; errors are mostly the
+    # neighbouring bin), but its labels must follow the true motion and keep the background still
+    assert row["moving_patches"] > 200
+    assert row["within_one_bin"] > 0.8
+    assert row["direction_on_moving"] > 0.4  # chance is 1/8
+    assert row["static_zero"] > 0.9
+
+
+def test_labeler_fraction_labels_a_deterministic_share_of_clips_exactly():
+    clip = translated_clip(22.5, 2.0, frames=3)
+    labeler = FlowLabeler(patch_size=PATCH, threshold=0.5, fraction=0.25, seed=3)
+    samples = [{"index": i, "meta": {"epoch": e, "frame_indices": [0, 1, 2], "geometry": {"crop": [0, 0, 128, 128]}}}
+               for i in range(50) for e in range(4)]
+    chosen = [labeler.selected(s) for s in samples]
+    assert 0.15 < np.mean(chosen) < 0.35
+    assert chosen == [labeler.selected(s) for s in samples]  # same answer in any worker
+    by_video = np.array(chosen).reshape(50, 4)
+    per_video = by_video.sum(axis=1)
+    assert np.any((per_video > 0) & (per_video < 4))  # a clip labelled in some epochs, not in others
+    skipped = samples[chosen.index(False)]
+    assert torch.all(labeler(clip, skipped)["flow"] == IGNORE_INDEX)
+    labelled = samples[chosen.index(True)]
+    exact = torch.from_numpy(flow_direction_labels(clip, PATCH, 0.5)).long()
+    assert torch.equal(labeler(clip, labelled)["flow"], exact)
+    # cross_entropy skips the unlabelled clips
+    logits = torch.randn(2 * 2 * 64, 9)
+    target = torch.cat([labeler(clip, skipped)["flow"], labeler(clip, labelled)["flow"]]).reshape(-1)
+    full = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.isclose(full, torch.nn.functional.cross_entropy(logits[128:], target[128:]))
+    with pytest.raises(ValueError, match="fraction"):
+        FlowLabeler(fraction=0.0)

@@ -100,10 +100,9 @@ def test_deterministic_for_a_seed_regardless_of_workers(bench: Path, tmp_path: P
         assert (again / name).read_bytes() == (bench / name).read_bytes(), name
     m1, m2 = load_meta(bench), load_meta(again)
     assert m1["videos"] == m2["videos"]
-    for vid in ("1", "17", "56"):
-        a = _decode(bench / "20bn-something-something-v2" / f"{vid}.webm")
-        b = _decode(again / "20bn-something-something-v2" / f"{vid}.webm")
-        np.testing.assert_array_equal(a, b)
+    for vid in m1["videos"]:
+        a = (bench / "20bn-something-something-v2" / f"{vid}.webm").read_bytes()
+        assert a == (again / "20bn-something-something-v2" / f"{vid}.webm").read_bytes(), vid
     other = generate(tmp_path / "other", videos=56, frames=FRAMES, size=SIZE, seed=4, workers=1)
     assert load_meta(other)["videos"] != m1["videos"]
 

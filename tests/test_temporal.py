@@ -20,6 +20,7 @@ def assert_index_array(idx: np.ndarray, video_len: int, clip_len: int) -> None:
 
 
 # ----------------------------------------------------------------------------- permutations
+@settings(deadline=None)
 @given(n=st.integers(2, 16), seed=seeds)
 def test_random_permutation_is_a_non_identity_permutation(n, seed):
     perm = temporal.random_permutation(n, rng_for(seed))
@@ -73,6 +74,7 @@ def test_reverse_and_apply_order():
 
 
 # ----------------------------------------------------------------------------- RTT
+@settings(deadline=None)
 @given(video_len=st.integers(1, 300), clip_len=st.integers(1, 32), k=st.integers(0, 3), seed=seeds)
 def test_speed_indices(video_len, clip_len, k, seed):
     idx = temporal.speed_indices(video_len, clip_len, k, rng_for(seed))
@@ -83,6 +85,7 @@ def test_speed_indices(video_len, clip_len, k, seed):
         assert idx[0] == 0 and np.all(np.diff(idx) >= 0) and idx[-1] == video_len - 1
 
 
+@settings(deadline=None)
 @given(video_len=st.integers(1, 300), clip_len=st.integers(1, 32))
 def test_max_speed_is_the_largest_that_fits(video_len, clip_len):
     k = temporal.max_speed(video_len, clip_len)
@@ -98,6 +101,7 @@ def test_speed_start_is_random_and_covers_the_video():
     assert starts == set(range(40 - 15 + 1))
 
 
+@settings(deadline=None)
 @given(video_len=st.integers(1, 300), clip_len=st.integers(4, 32), speed=st.integers(0, 3), seed=seeds)
 def test_periodic_indices(video_len, clip_len, speed, seed):
     idx = temporal.periodic_indices(video_len, clip_len, speed, rng_for(seed))
@@ -118,6 +122,7 @@ def test_periodic_switch_point_ranges_over_all_allowed_positions():
     assert switches == set(range(1, 14))  # >= 2 frames on each side of the switch, both extremes reached
 
 
+@settings(deadline=None)
 @given(video_len=st.integers(2, 300), clip_len=st.integers(2, 32), seed=seeds)
 def test_random_indices(video_len, clip_len, seed):
     idx = temporal.random_indices(video_len, clip_len, rng_for(seed))
@@ -127,6 +132,7 @@ def test_random_indices(video_len, clip_len, seed):
         assert not np.all(np.diff(idx) > 0)  # never in order
 
 
+@settings(deadline=None)
 @given(video_len=st.integers(1, 300), clip_len=st.integers(1, 32), max_skip=st.integers(0, 7), seed=seeds)
 def test_warp_indices(video_len, clip_len, max_skip, seed):
     idx = temporal.warp_indices(video_len, clip_len, rng_for(seed), max_skip=max_skip)

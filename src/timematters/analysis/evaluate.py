@@ -275,7 +275,9 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    scores: _VideoScores | None = None
+    variants = [(ORIGINAL, 0)] + [(SHUFFLED, k) for k in range(shuffles)] + ([(REVERSED, 0)] if reverse else [])
+    # created up front: a rank whose shard is empty still joins the gather in merged()
+    scores = _VideoScores(variants)
     try:
         for step, batch in enumerate(loader):
             if max_batches is not None and step >= max_batches:
@@ -284,8 +286,8 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
             B = video.shape[0]
             index = batch["index"].tolist() if torch.is_tensor(batch.get("index")) else list(range(B))
             labels = torch.as_tensor(batch["label"]).view(-1)
-            stacked, variants = build_variants(video.to(device, non_blocking=True), index,
-                                               shuffles=shuffles, seed=seed, reverse=reverse)
+            stacked, _ = build_variants(video.to(device, non_blocking=True), index,
+                                        shuffles=shuffles, seed=seed, reverse=reverse)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
                 logits = model(stacked)
@@ -293,8 +295,6 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
                 raise ValueError(f"evaluate: model returned logits of shape {tuple(logits.shape)} for "
                                  f"{stacked.shape[0]} clips; expected ({stacked.shape[0]}, num_classes)")
             logits = logits.float().view(len(variants), B, -1)     # (V, B, C)
-            if scores is None:
-                scores = _VideoScores(variants)
             has_label = labels >= 0
             if bool(has_label.any()):
                 lab = labels.to(logits.device)
@@ -304,9 +304,9 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
             scores.add(_video_keys(batch), labels, logits.softmax(dim=-1))
     finally:
         model.train(was_training)
-    if scores is None:
-        raise ValueError("evaluate: the loader yielded no batches")
     keys, labels, views, probs = scores.merged()
+    if not keys:
+        raise ValueError("evaluate: the loader yielded no batches")
     groups = _resolve_groups(class_groups, class_names, probs.shape[2])
     result = _metrics(keys, labels, views, probs, scores.variants, class_names=class_names,
                       groups=groups, per_sample=per_sample)

@@ -74,6 +74,7 @@ def _fmt(v: Any, digits: int = 1, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
+        v = 0.0 if abs(v) < 0.5 * 10 ** -digits else v        # no "-0.000"
         return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
     return html.escape(str(v))
 
@@ -206,7 +207,7 @@ def render_html(out_dir: str | Path, audit: Mapping[str, Any]) -> str:
         parts.append("<h2>GradCAM</h2>")
         parts.append("<p class='note'>GradCAM (pytorch-grad-cam) for the true class, on the last block's "
                      "pre-attention tokens, one heat map per frame (normalised over the whole clip; TIME paper, "
-                     "Fig. 4).</p>")
+                     "Fig. 4). A dark strip means GradCAM found no positive evidence for the class in that clip.</p>")
         for g in figs["gradcam"]:
             parts.append("<figure>" + _img(out_dir, g["png"], g["caption"]) +
                          f"<figcaption>{html.escape(g['caption'])}</figcaption></figure>")

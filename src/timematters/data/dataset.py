@@ -39,6 +39,7 @@ class VideoDataset(Dataset):
     Train: one clip per video (random frames, scale jitter + crop, optional flip and RandAugment).
     Eval: ``views`` temporal clips x ``crops`` spatial crops per video, so ``len = videos * views * crops``;
     item ``i`` is video ``i // (views * crops)``, view ``i % (views * crops)`` (temporal view major).
+    ``decode_threads`` = 1 by default: the parallelism comes from DataLoader workers.
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, num_frames: int, img_size: int, train: bool,
@@ -46,7 +47,7 @@ class VideoDataset(Dataset):
                  randaugment: str = "", flip: bool = False, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), views: int = 1, crops: int = 1, seed: int = 0,
                  label_fn: LabelFn | None = None, max_fail_ratio: float = 0.2, min_attempts: int = 50,
-                 max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 0):
+                 max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 1):
         if not records:
             raise ValueError("VideoDataset needs at least one record")
         if sampling not in SAMPLINGS:
@@ -80,7 +81,9 @@ class VideoDataset(Dataset):
         self._frame_counts: dict[int, int] = {}  # record index -> frames (saves a packet count for WebM)
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch (as with DistributedSampler) so train clips change between epochs."""
+        """Call before each epoch (as with DistributedSampler) so train clips change between epochs.
+        DataLoader workers get a fresh copy each epoch; with ``persistent_workers=True`` they keep the old
+        epoch, so do not combine the two (or rebuild the loader per epoch)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

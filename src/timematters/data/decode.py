@@ -63,37 +63,33 @@ class VideoReader:
     """
 
     def __init__(self, path: str | Path, *, num_frames: int | None = None, threads: int = 0):
-        self.path = str(path)
+        self.path, self.threads = str(path), threads
         p = Path(path)
         if not p.is_file():
             raise DecodeError(path, "missing file" if not p.exists() else "not a regular file")
         if p.stat().st_size == 0:
             raise DecodeError(path, "zero-byte file")
-        try:
-            self.container = av.open(self.path)
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise DecodeError(path, f"cannot open container ({type(e).__name__}: {e})") from e
-        if not self.container.streams.video:
-            self.close()
-            raise DecodeError(path, "no video stream")
-        self.stream = self.container.streams.video[0]
-        if threads:
-            self.stream.thread_count = threads
+        self.container = None
+        self._open()
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         if not rate or self.stream.time_base is None:
             self.close()
             raise DecodeError(path, "stream has no frame rate or time base")
         self.fps = float(rate)
         self.time_base = float(self.stream.time_base)
-        self.start_pts = self.stream.start_time or 0
         self.width, self.height = self.stream.codec_context.width, self.stream.codec_context.height
-        self._fresh = True  # nothing read yet: decoding can start without a seek
+        # Frame 0 is the earliest presentation timestamp. The stream's start_time is not always it (AVI
+        # with B-frames starts at pts 1 while start_time says 0), so read it from the first packets.
+        metadata = self.stream.frames if self.stream.frames > 0 else None
+        count_needed = num_frames is None and metadata is None
+        packets, first_pts = self._scan(limit=None if count_needed else 32)
+        self.start_pts = first_pts if first_pts is not None else (self.stream.start_time or 0)
         if num_frames is not None:
             self.num_frames, self.count_source = int(num_frames), "given"
-        elif self.stream.frames > 0:
-            self.num_frames, self.count_source = int(self.stream.frames), "metadata"
+        elif metadata is not None:
+            self.num_frames, self.count_source = int(metadata), "metadata"
         else:
-            self.num_frames, self.count_source = self._count_packets(), "packets"
+            self.num_frames, self.count_source = packets, "packets"
             declared = (self.container.duration or 0) / 1e6 * self.fps  # container header, in frames
             if self.num_frames < 0.9 * declared - 1:
                 self.close()
@@ -115,13 +111,39 @@ class VideoReader:
             self.container.close()
             self.container = None
 
-    def _count_packets(self) -> int:
-        """Frame count by demuxing (no decoding): one packet per frame for the codecs we read."""
-        self._fresh = False
+    def _open(self) -> None:
+        """(Re)open the container at its start."""
+        self.close()
         try:
-            return sum(1 for pkt in self.container.demux(self.stream) if pkt.size > 0)
+            self.container = av.open(self.path)
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise DecodeError(self.path, f"cannot open container ({type(e).__name__}: {e})") from e
+        if not self.container.streams.video:
+            self.close()
+            raise DecodeError(self.path, "no video stream")
+        self.stream = self.container.streams.video[0]
+        if self.threads:
+            self.stream.thread_count = self.threads
+        self._fresh = True  # nothing read yet: decoding can start without a seek
+
+    def _scan(self, limit: int | None) -> tuple[int, int | None]:
+        """Demux (no decoding) up to ``limit`` packets: (packets with data, smallest pts). One packet per
+        frame for the codecs we read; the reorder depth of B-frames is far below 32 packets."""
+        self._fresh = False
+        count, first = 0, None
+        try:
+            for pkt in self.container.demux(self.stream):
+                if pkt.size == 0:
+                    continue
+                count += 1
+                if pkt.pts is not None and not pkt.is_discard:
+                    first = pkt.pts if first is None else min(first, pkt.pts)
+                if limit is not None and count >= limit:
+                    break
         except av.FFmpegError as e:
-            raise DecodeError(self.path, f"cannot read packets to count frames ({e})") from e
+            self.close()
+            raise DecodeError(self.path, f"cannot read packets ({type(e).__name__}: {e})") from e
+        return count, first
 
     def _index(self, pts: int) -> int:
         return round((pts - self.start_pts) * self.time_base * self.fps)
@@ -158,14 +180,17 @@ class VideoReader:
             raise DecodeError(self.path, f"frames of different sizes ({e})") from e
 
     def _decode(self, wanted: list[int], *, seek: bool) -> dict[int, np.ndarray] | None:
-        """Decode the frames in ``wanted`` (sorted, unique). Returns None when a seek overshot."""
+        """Decode the frames in ``wanted`` (sorted, unique). Returns None when the seek failed or overshot."""
         ctx = self.stream.codec_context
         if seek:
-            self.container.seek(self._pts(wanted[0]), stream=self.stream, backward=True, any_frame=False)
+            try:
+                self.container.seek(self._pts(wanted[0]), stream=self.stream, backward=True, any_frame=False)
+            except av.FFmpegError:  # an unseekable file: decode from the start instead
+                return None
             ctx.flush_buffers()
         elif not self._fresh:
-            self.container.seek(self.start_pts, stream=self.stream, backward=True, any_frame=False)
-            ctx.flush_buffers()
+            self._open()  # back to the start: reopening works for every container, seeking to 0 may not
+            ctx = self.stream.codec_context
         self._fresh = False
         todo = set(wanted)
         got: dict[int, np.ndarray] = {}

@@ -3,8 +3,10 @@
 A sample::
 
     {"image": Tensor (C, H, W) float32 normalised, "label": int, "index": int,
-     "meta": {"path": str, "geometry": {"scale": int, "crop": [x0, y0, x1, y1], "flip": bool,
+     "meta": {"path": str, "geometry": {"scale": float, "crop": [x0, y0, x1, y1], "flip": bool,
                                        "out_size": [H, W]}, "substitute_for": str | None}}
+
+``geometry`` is the record of ``timematters.data.transforms`` (the video clips' transforms, reused here).
 
 Bad input follows ``VideoDataset``: an image that cannot be read (missing, zero bytes, truncated, not an
 image) is counted, reported once with its path and replaced by the next readable image; when more than
@@ -18,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
+from timematters.data.transforms import (apply_geometry, apply_randaugment, eval_geometry, normalize,
+                                         parse_randaugment, train_geometry)
 from timematters.utils import rng_for
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -49,17 +52,6 @@ def scan_image_folder(split_dir: str | Path) -> tuple[list[tuple[str, int]], lis
     return records, classes
 
 
-def parse_randaugment(text: str) -> tuple[int, int] | None:
-    """``""`` -> None (off); ``"n=2,m=9"`` -> (num_ops, magnitude)."""
-    if not text:
-        return None
-    try:
-        parts = dict(kv.split("=", 1) for kv in text.replace(" ", "").split(","))
-        return int(parts.get("n", 2)), int(parts.get("m", 9))
-    except ValueError:
-        raise ValueError(f"data.randaugment: expected '' or 'n=<ops>,m=<magnitude>', got {text!r}") from None
-
-
 class ImageFolderDataset(Dataset):
     """Images of one split, resized (train: scale jitter, random crop, flip, RandAugment; eval: centre crop).
 
@@ -70,7 +62,7 @@ class ImageFolderDataset(Dataset):
         img_size: output side in pixels (square).
         mean, std: per-channel normalisation of [0, 1] pixels.
         seed: base seed of the per-sample generators.
-        randaugment: ``""`` or ``"n=2,m=9"`` (torchvision RandAugment, train only).
+        randaugment: ``""`` or ``"n=2,m=9"`` (torchvision RandAugment, train only; see ``transforms``).
         scale: train short-side jitter range before the crop (default ``(img_size, 9 * img_size // 8)``);
             eval resizes the short side to ``img_size``.
         flip: random horizontal flips in training.
@@ -97,13 +89,10 @@ class ImageFolderDataset(Dataset):
         self.class_names = found
         self.train = train
         self.img_size = int(img_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self.randaugment = parse_randaugment(randaugment) if train else None
         self.scale = tuple(scale) if scale else (self.img_size, (9 * self.img_size) // 8)
-        if self.scale[0] < self.img_size or self.scale[1] < self.scale[0]:
-            raise ValueError(f"scale {self.scale}: need img_size ({self.img_size}) <= min <= max")
         self.flip = flip
         self.max_fail_ratio = max_fail_ratio
         self.epoch = 0
@@ -129,34 +118,21 @@ class ImageFolderDataset(Dataset):
             arr = np.asarray(im.convert("RGB"))        # (H, W, 3) uint8
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
-    def _transform(self, img: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
-        """uint8 (3, H, W) -> float (3, S, S) normalised, plus the geometry record."""
-        h, w = img.shape[1:]
-        short = int(rng.integers(self.scale[0], self.scale[1] + 1)) if self.train else self.img_size
-        nh, nw = max(short, round(h * short / min(h, w))), max(short, round(w * short / min(h, w)))
-        x = img.float().unsqueeze(0) / 255.0                                         # (1, 3, H, W)
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        s = self.img_size
-        if self.train:
-            y0, x0 = int(rng.integers(nh - s + 1)), int(rng.integers(nw - s + 1))
-        else:
-            y0, x0 = (nh - s) // 2, (nw - s) // 2
-        x = x[0, :, y0:y0 + s, x0:x0 + s].clamp(0, 1)                               # (3, S, S)
-        flip = bool(self.train and self.flip and rng.uniform() < 0.5)
-        if flip:
-            x = x.flip(-1)
-        if self.randaugment is not None:
-            from torchvision.transforms import RandAugment
+    def _transform(self, img: torch.Tensor, index: int) -> tuple[torch.Tensor, dict]:
+        """uint8 (3, H, W) -> float (3, S, S) normalised, plus the geometry record.
 
-            n, m = self.randaugment
-            # torchvision draws from torch's global generator: seed a forked copy from this sample's rng
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**62)))
-                x = RandAugment(num_ops=n, magnitude=m)((x * 255).round().to(torch.uint8)).float() / 255.0
-        x = (x - self.mean) / self.std
-        geometry = {"scale": short, "crop": [x0, y0, x0 + s, y0 + s], "flip": flip, "out_size": [s, s]}
-        return x, geometry
+        The video transforms on a one-frame clip: one concept (scale jitter, crop, flip, RandAugment), one place.
+        """
+        h, w = img.shape[1:]
+        if self.train:
+            rng = rng_for(self.seed, self.epoch, index)
+            geometry = train_geometry(h, w, img_size=self.img_size, scale=self.scale, flip=self.flip, rng=rng)
+        else:
+            geometry = eval_geometry(h, w, img_size=self.img_size)
+        clip = apply_geometry(img.unsqueeze(0), geometry)                        # (1, 3, S, S) uint8
+        if self.randaugment is not None:
+            clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index))
+        return normalize(clip, self.mean, self.std)[0], geometry               # (3, S, S)
 
     def _record_failure(self, path: str, err: Exception) -> None:
         if path not in self.failed:
@@ -169,7 +145,6 @@ class ImageFolderDataset(Dataset):
                 f"max_fail_ratio={self.max_fail_ratio} (data.max_fail_ratio): {listed}")
 
     def __getitem__(self, index: int) -> dict:
-        rng = rng_for(self.seed, self.epoch, index)
         n = len(self)
         for k in range(n):
             path, label = self.records[(index + k) % n]
@@ -180,7 +155,7 @@ class ImageFolderDataset(Dataset):
             except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
                 self._record_failure(path, e)
                 continue
-            image, geometry = self._transform(img, rng)
+            image, geometry = self._transform(img, index)
             meta = {"path": path, "geometry": geometry,
                     "substitute_for": self.records[index][0] if k else None}
             return {"image": image, "label": label, "index": index, "meta": meta}

@@ -496,7 +496,8 @@ def _encode_webm(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
 
     T, H, W, _ = video.shape
     tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="webm") as container:
+    # bitexact: no random Matroska UIDs or encoder strings, so a seed gives the same bytes
+    with av.open(str(tmp), "w", format="webm", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libvpx-vp9", rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.thread_count = 1  # one thread per encoder: deterministic bytes, parallel across videos

@@ -34,6 +34,9 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
 }
 
 
+_SIZE_KEYS = ("depth", "embed_dim", "num_heads", "patch_size")
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 
@@ -46,6 +49,7 @@ def create_model(name: str, *, num_classes: int, num_frames: int, img_size: int 
                  pretrained: str | Path | None = None, **overrides) -> nn.Module:
     """Build a backbone by name; ``overrides`` replace constructor defaults (``depth``, ``embed_dim``, ...).
 
+    ``None`` (and ``0`` for ``depth`` / ``embed_dim`` / ``num_heads`` / ``patch_size``) means "the default".
     Image models (``vit_*``) ignore ``num_frames`` (they are one-frame models). ``pretrained`` is a path
     to weights in any format :func:`timematters.models.convert.load_pretrained` detects.
     """
@@ -53,7 +57,11 @@ def create_model(name: str, *, num_classes: int, num_frames: int, img_size: int 
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     ctor, defaults = MODELS[name]
     kwargs = dict(defaults)
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        # None, and 0 for a size (ModelConfig's "registered default"), keep the table's value
+        if value is None or (key in _SIZE_KEYS and value == 0):
+            continue
+        kwargs[key] = value
     kwargs.update(num_classes=num_classes, img_size=img_size)
     if not is_image_model(name):
         kwargs["num_frames"] = num_frames

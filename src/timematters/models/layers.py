@@ -64,8 +64,10 @@ class Attention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(S, L, D) -> q, k, v each (S, H, L, d)."""
         S, L, _ = x.shape
-        qkv = self.qkv(x).view(S, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
+        # unbind on the un-permuted layout: its backward stacks the three gradients straight into the
+        # (S, L, 3, H, d) layout of the qkv output (one copy instead of a stack plus a reshape copy)
+        q, k, v = self.qkv(x).view(S, L, 3, self.num_heads, self.head_dim).unbind(2)   # (S, L, H, d)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *lead, L, D = x.shape

@@ -30,20 +30,24 @@ class DividedBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cls (B, 1, D), x (B, T, N, D) -> same shapes."""
-        B, T, N, D = x.shape
+        """cls (B, 1, D), x (B, N, T, D) -> same shapes.
+
+        Patch tokens are held position-major, ``(B, N, T, D)``, so that the temporal attention runs on
+        ``(B*N, T, D)`` without a copy; the spatial step gathers ``(B, T, 1+N, D)`` with the one copy
+        it needs anyway (prepending the CLS).
+        """
+        B, N, T, D = x.shape
         # temporal attention over the T tokens at each spatial position
-        xt = x.transpose(1, 2).reshape(B, N, T, D)                           # (B, N, T, D)
-        rt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(xt)))   # (B, N, T, D)
+        rt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(x)))     # (B, N, T, D)
         # The official code applies drop_path before temporal_fc (so a dropped branch still adds its bias)
         # and per (sample, position); we drop the whole residual branch per sample, as stochastic depth does.
-        x = x + self.drop_path(rt).transpose(1, 2)                           # (B, T, N, D)
+        x = x + self.drop_path(rt)
 
         # spatial attention per frame over [CLS, N patches]; the CLS is repeated per frame, averaged back
-        xs = torch.cat([cls.unsqueeze(1).expand(B, T, 1, D), x], dim=2)      # (B, T, 1+N, D)
-        rs = self.attn(self.norm1(xs))                                       # (B, T, 1+N, D)
-        cls = cls + self.drop_path(rs[:, :, 0].mean(dim=1, keepdim=True))    # (B, 1, D)
-        x = x + self.drop_path(rs[:, :, 1:])                                 # (B, T, N, D)
+        xs = torch.cat([cls.unsqueeze(1).expand(B, T, 1, D), x.transpose(1, 2)], dim=2)   # (B, T, 1+N, D)
+        rc, rx = self.attn(self.norm1(xs)).split([1, N], dim=2)              # (B, T, 1, D), (B, T, N, D)
+        cls = cls + self.drop_path(rc.mean(dim=1))                           # (B, 1, D)
+        x = x + self.drop_path(rx.transpose(1, 2))                           # (B, N, T, D)
 
         cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -99,10 +103,11 @@ class TimeSformer(BackboneMixin, nn.Module):
         time = resample_time_embed(self.time_embed, T)                       # (1, T, D)
         cls = self.pos_drop(self.cls_token + pos[:, :1]).expand(B, 1, -1)    # (B, 1, D)
         x = self.pos_drop(x + pos[:, None, 1:] + time[:, :, None])           # (B, T, N, D)
+        x = x.transpose(1, 2).contiguous()                                   # (B, N, T, D), see DividedBlock
 
         hidden = [] if return_hidden else None
         for blk in self.blocks:
             cls, x = self.run_block(blk, cls, x)
             if hidden is not None:
-                hidden.append(x)
-        return Features(cls=self.norm(cls[:, 0]), tokens=self.norm(x), hidden=hidden)
+                hidden.append(x.transpose(1, 2))                             # (B, T, N, D) view
+        return Features(cls=self.norm(cls[:, 0]), tokens=self.norm(x.transpose(1, 2)), hidden=hidden)

@@ -56,6 +56,13 @@ def rtt_indices(video_len: int, clip_len: int, speed: int, rng: np.random.Genera
     ])
 
 
+def _head(dim: int, num_classes: int, norm: bool) -> nn.Module:
+    """Linear classifier, after a BatchNorm without affine parameters when ``norm`` (see ``head_norm``)."""
+    if not norm:
+        return nn.Linear(dim, num_classes)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+
+
 class RTT(Objective):
     """Recognising temporal transformations (speed, random, periodic, warp) and the playback speed.
 
@@ -69,6 +76,9 @@ class RTT(Objective):
         max_skip: warp's largest skip between neighbouring frames (the paper: 7).
         speed_per: ``"sample"`` (default) or ``"batch"``, see the module docstring.
         speed_on_periodic: also train the speed head on the periodic clip.
+        head_norm: a BatchNorm (no affine parameters) before each linear head. RTT's C3D has batch
+            normalisation "in all but the last layer"; for a transformer, whose CLS feature barely varies
+            between clips at initialisation, it is what lets the heads learn in the first steps.
         seed: base seed of the draws.
     """
 
@@ -77,7 +87,8 @@ class RTT(Objective):
 
     def __init__(self, model: nn.Module, *, num_classes: int = 0, label_smoothing: float = 0.0,
                  weights: dict | None = None, clip_len: int = 0, num_speeds: int = 4, max_skip: int = 7,
-                 speed_per: str = "sample", speed_on_periodic: bool = True, seed: int = 0):
+                 speed_per: str = "sample", speed_on_periodic: bool = True, head_norm: bool = True,
+                 seed: int = 0):
         super().__init__()
         unknown = set(weights or {}) - set(self.TERMS)
         if unknown:
@@ -98,8 +109,8 @@ class RTT(Objective):
         self.speed_on_periodic = speed_on_periodic
         self.seed = seed
         D = model.embed_dim
-        self.transform_head = nn.Linear(D, len(TRANSFORMS))
-        self.speed_head = nn.Linear(D, num_speeds)
+        self.transform_head = _head(D, len(TRANSFORMS), head_norm)
+        self.speed_head = _head(D, num_speeds, head_norm)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # drives the draws
         self._warned_cap = False
 
