@@ -78,15 +78,13 @@ def peak_memory_mb(model, x: torch.Tensor, hf: bool) -> float:
     return peak / 2 ** 20
 
 
-def time_steps(model, x: torch.Tensor, hf: bool, steps: int) -> float:
-    """Clips per second over ``steps`` forward+backward passes (after one warm-up pass)."""
-    train_step(model, x, hf)
+def time_step(model, x: torch.Tensor, hf: bool) -> float:
+    """Seconds for one forward+backward pass."""
     sync(x.device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, x, hf)
+    train_step(model, x, hf)
     sync(x.device)
-    return steps * x.shape[0] / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--steps", type=int, default=3, help="timed forward+backward passes per trial")
+    p.add_argument("--trials", type=int, default=10, help="timed forward+backward passes per model")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -137,31 +134,37 @@ def main(argv: list[str] | None = None) -> None:
     memory = {"ours": peak_memory_mb(ours, x, False), "hf": peak_memory_mb(hf, x, True)}
     peak_rate = matmul_gflops(device)
 
-    rates: dict[str, list[float]] = {"ours": [], "hf": []}
+    for model, is_hf in ((ours, False), (hf, True)):   # warm-up
+        train_step(model, x, is_hf)
+    # One pass of each model per trial, the order alternating, so that load changes on a shared
+    # machine hit both alike; medians over trials, and the ratio of each adjacent pair.
+    seconds: dict[str, list[float]] = {"ours": [], "hf": []}
     for trial in range(args.trials):
         order = ["ours", "hf"] if trial % 2 == 0 else ["hf", "ours"]
         for name in order:
             model, is_hf = (ours, False) if name == "ours" else (hf, True)
-            rates[name].append(time_steps(model, x, is_hf, args.steps))
-    ratios = [o / h for o, h in zip(rates["ours"], rates["hf"])]
+            seconds[name].append(time_step(model, x, is_hf))
+    rates = {name: [args.batch / t for t in ts] for name, ts in seconds.items()}
+    ratios = [h / o for o, h in zip(seconds["ours"], seconds["hf"])]
 
     print(f"config: dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, {args.frames} frames, "
           f"{args.img_size} px, batch {args.batch}, device {device}, threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}")
     print(f"max |ours - HF| (CLS and tokens, fp32): {diff:.2e}")
     print(f"measured fp32 matmul rate: {peak_rate:.1f} GFLOP/s")
-    print(f"{'model':<6} {'clips/s (median)':>17} {'all trials':>32} {'GFLOP/fwd+bwd':>14} "
+    print(f"{'model':<6} {'clips/s (median)':>17} {'min..max':>14} {'GFLOP/fwd+bwd':>14} "
           f"{'GFLOP/s':>8} {'% of matmul':>11} {'peak MB':>8}")
     for name in ("ours", "hf"):
         med = statistics.median(rates[name])
         gflops = flops[name] / 1e9
         achieved = gflops * med / args.batch
-        trials = " ".join(f"{r:.2f}" for r in rates[name])
-        print(f"{name:<6} {med:>17.2f} {trials:>32} {gflops:>14.2f} {achieved:>8.1f} "
+        spread = f"{min(rates[name]):.2f}..{max(rates[name]):.2f}"
+        print(f"{name:<6} {med:>17.2f} {spread:>14} {gflops:>14.2f} {achieved:>8.1f} "
               f"{100 * achieved / peak_rate:>10.1f}% {memory[name]:>8.1f}")
-    print(f"speed-up ours/HF: median {statistics.median(ratios):.2f}x (per trial: "
-          f"{' '.join(f'{r:.2f}' for r in ratios)}); memory ratio ours/HF "
-          f"{memory['ours'] / max(memory['hf'], 1e-9):.2f}")
+    print(f"speed-up ours/HF: {statistics.median(rates['ours']) / statistics.median(rates['hf']):.2f}x "
+          f"(ratio of medians); median of paired ratios {statistics.median(ratios):.2f}x "
+          f"[{' '.join(f'{r:.2f}' for r in ratios)}]")
+    print(f"peak memory ours/HF: {memory['ours'] / max(memory['hf'], 1e-9):.2f}")
 
 
 if __name__ == "__main__":

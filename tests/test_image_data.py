@@ -1,11 +1,14 @@
 """ImageFolder datasets: layout, labels, per-sample determinism and the bad-input rules."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from timematters.data.dataset import TooManyFailures
 from timematters.data.images import ImageDataError, build_image_dataset, collate, scan_image_folder
 
 
@@ -33,7 +36,7 @@ def test_layout_labels_shapes_and_normalisation(tmp_path):
     assert names == ["cat", "dog"] and len(ds) == 8
     s = ds[5]
     assert s["image"].shape == (3, 32, 32) and s["image"].dtype == torch.float32
-    assert s["label"] == 1 and s["index"] == 5 and s["meta"]["substitute_for"] is None
+    assert s["label"] == 1 and s["index"] == 5 and "substituted_for" not in s["meta"]
     # eval: short side 40 -> 32 (scale 0.8), then the centre crop of the 32 x 38 image
     assert s["meta"]["geometry"]["scale"] == pytest.approx(0.8) and s["meta"]["geometry"]["crop"] == [3, 0, 35, 32]
     # normalised as (x / 255 - mean) / std
@@ -73,24 +76,28 @@ def test_random_draws_are_a_function_of_seed_epoch_index(tmp_path):
     assert torch.equal(ev[3]["image"], build(tmp_path, train=False)[0][3]["image"])   # eval is deterministic
 
 
-def test_bad_images_are_skipped_counted_and_substituted(tmp_path):
+def test_bad_images_are_skipped_counted_and_substituted(tmp_path, caplog):
     write_folder(tmp_path, per_class=5)
     cat = tmp_path / "train" / "cat"
     (cat / "1.png").write_bytes(b"")                                          # zero bytes
     (cat / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)        # corrupt
     good = (cat / "3.png").read_bytes()
     (cat / "3.png").write_bytes(good[: len(good) // 2])                       # truncated
-    ds, _ = build(tmp_path, max_fail_ratio=0.4)
+    ds, _ = build(tmp_path, max_fail_ratio=0.9)
     (cat / "4.png").unlink()                                                  # vanished after the scan
-    with pytest.warns(UserWarning, match="skipping unreadable image"):
+    with caplog.at_level(logging.WARNING, logger="timematters.data.images"):
         s = ds[1]
-    assert s["index"] == 1 and s["meta"]["substitute_for"].endswith("1.png")
-    assert s["meta"]["path"] not in ds.failed
-    samples = [ds[i] for i in range(len(ds))]        # the failed files are now skipped without a new try
+    assert s["index"] == 1 and s["meta"]["substituted_for"].endswith("1.png")
     assert s["meta"]["path"].endswith("dog/0.png") and s["label"] == 1      # the next readable image
-    assert set(ds.failed) == {str(cat / f"{i}.png") for i in (1, 2, 3, 4)}
+    bad = {str(cat / f"{i}.png") for i in (1, 2, 3, 4)}
+    assert set(ds.failed) == bad and all(p in caplog.text for p in bad)
     assert "zero-byte" in ds.failed[str(cat / "1.png")] and "missing" in ds.failed[str(cat / "4.png")]
-    assert all(s["image"].shape == (3, 32, 32) for s in samples)
+    assert (ds.attempts, ds.failures) == (5, 4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="timematters.data.images"):
+        s0 = ds[0]
+    assert "skipping" not in caplog.text and "substituted_for" not in s0["meta"]   # reported once only
+    assert "4 bad images" in ds.failure_summary()
 
 
 def test_too_many_failures_stop_with_the_files_named(tmp_path):
@@ -98,9 +105,11 @@ def test_too_many_failures_stop_with_the_files_named(tmp_path):
     for name in ("0.png", "1.png"):
         (tmp_path / "train" / "cat" / name).write_bytes(b"")
     ds, _ = build(tmp_path, max_fail_ratio=0.3)
-    with pytest.warns(UserWarning), pytest.raises(ImageDataError, match=r"2 of 4 images .*max_fail_ratio=0\.3.*0\.png"):
+    with pytest.raises(TooManyFailures, match=r"3 of 4 image loads .*max_fail_ratio=0\.3.*cat/0\.png"):
         for i in range(len(ds)):
             ds[i]
+    ok, _ = build(tmp_path, max_fail_ratio=0.9)                               # a looser limit lets the epoch run
+    assert len([ok[i] for i in range(len(ok))]) == 4 and len(ok.failed) == 2
 
 
 def test_collate_stacks_tensors_and_keeps_meta(tmp_path):

@@ -150,20 +150,19 @@ def test_rejects_unknown_weights_and_video_models():
 
 
 def test_a_short_training_loop_learns_the_patch_positions():
-    """Order accuracy far above chance (1/16) after a few steps; every loss gets gradients."""
+    """The order head reads positions off the tokens after a few steps (chance is 1/16); all terms train."""
     model = tiny_vit().train()
-    obj = ImageTIME(model, num_classes=K, seed=0)
-    params = list(model.parameters()) + list(obj.parameters())
-    opt = torch.optim.AdamW(params, lr=3e-3)
-    for step in range(40):
-        batch = make_batch(B=8, seed=step)
-        losses, out = obj(model, batch)
+    obj = ImageTIME(model, num_classes=K, weights={"cls": 1.0, "order": 1.0, "debias": 0.5}, seed=0)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(obj.parameters()), lr=3e-3)
+    history = []
+    for step in range(30):
+        losses, out = obj(model, make_batch(B=4, seed=step))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
-        obj.on_step_end(model, step + 1, 40)
-        if step == 0:
-            first = {k: v.item() for k, v in losses.items()}
-    assert out["acc/order"].item() > 0.5
-    assert losses["order"].item() < 0.5 * first["order"]
-    assert obj.order_head.fc.weight.grad is not None
+        obj.on_step_end(model, step + 1, 30)
+        history.append((losses["order"].item(), out["acc/order"].item()))
+    assert all(p.grad is not None for p in obj.order_head.parameters())
+    assert model.pos_embed.grad is not None and model.head.weight.grad is not None
+    assert history[-1][0] < 0.5 * history[0][0]
+    assert history[-1][1] > 4 / 16

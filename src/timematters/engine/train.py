@@ -100,7 +100,8 @@ def collate_fn(cfg: Config):
 def flow_labeler(cfg: Config, patch_size: int):
     from ..flow import FlowLabeler
     f = cfg.flow
-    return FlowLabeler(patch_size=patch_size, threshold=f.threshold, scale=f.scale, estimator=f.estimator)
+    return FlowLabeler(patch_size=patch_size, threshold=f.threshold, scale=f.scale, estimator=f.estimator,
+                       fraction=f.fraction, seed=cfg.run.seed, num_threads=1)
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import temporal
+from ..flow import IGNORE_INDEX
 from ..utils import rng_for
 from .base import LossDict, Objective, OutDict
 
@@ -167,10 +168,15 @@ class TIME(Objective):
             if target.shape[-1] != flow_logits.shape[2]:
                 raise ValueError(f"TIME: flow labels have {target.shape[-1]} patches per frame, "
                                  f"the tokens have {flow_logits.shape[2]}")
-            losses["flow"] = w["flow"] * F.cross_entropy(flow_logits.reshape(-1, 9).float(),
-                                                         target.reshape(-1).long(),
-                                                         label_smoothing=self.aux_smoothing)
-            out["acc/flow"] = (flow_logits.argmax(-1) == target).float().mean().detach()
+            # clips without labels (FlowLabeler(fraction < 1)) carry IGNORE_INDEX
+            labelled = target >= 0
+            if labelled.any():
+                flow = F.cross_entropy(flow_logits.reshape(-1, 9).float(), target.reshape(-1).long(),
+                                       ignore_index=IGNORE_INDEX, label_smoothing=self.aux_smoothing)
+                out["acc/flow"] = (flow_logits.argmax(-1) == target)[labelled].float().mean().detach()
+            else:
+                flow = flow_logits.sum() * 0.0  # keeps the graph (DDP) with no contribution
+            losses["flow"] = w["flow"] * flow
         if w["debias"]:
             order = self.shuffle_orders(batch, T).to(video.device)
             shuffled = temporal.apply_order(video, order)       # (B, T, C, H, W)
