@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import timematters
-from timematters.models.convert import hf_config_to_kwargs, load_pretrained, read_hf_config
+from timematters.models.convert import hf_config_to_kwargs, read_hf_config
 
 
 def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.0) -> float:

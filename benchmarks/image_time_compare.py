@@ -29,6 +29,7 @@ from timematters.engine.train import train
 ARMS = [("Baseline", "image_synth_baseline"), ("+L_order", "image_synth_order"),
         ("+L_debias", "image_synth_debias"), ("+L_TIME (both)", "image_synth_time")]
 ROWS = [*VARIANTS, "bg_gap"]
+ROW_LABELS = {**LABELS, "bg_gap": "BG-Gap"}
 
 
 def run_arm(config: str, data: Path, run_dir: Path, seed: int, overrides: list[str]) -> dict:
@@ -58,7 +59,7 @@ def summary_table(results: dict[str, list[dict]]) -> str:
     names = list(results)
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row in ROWS:
-        label = "BG-Gap" if row == "bg_gap" else LABELS[row]
+        label = ROW_LABELS[row]
         base = statistics.mean(value(r, row) for r in results[names[0]])
         cells = []
         for name in names:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / "runs" / f"{config}_seed{seed}"
             print(f"== {name} seed {seed} ({config}) -> {run_dir}", flush=True)
             r = run_arm(config, data, run_dir, seed, args.overrides)
-            print("   " + ", ".join(f"{LABELS.get(k, k)} {value(r, k):.1f}" for k in ROWS), flush=True)
+            print("   " + ", ".join(f"{ROW_LABELS[k]} {value(r, k):.1f}" for k in ROWS), flush=True)
             results.setdefault(name, []).append(r)
     table = summary_table(results)
     header = (f"Backgrounds Challenge top-1 (%) on the synthetic benchmark ({data}), mean ± std over seeds "

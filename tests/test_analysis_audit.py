@@ -44,7 +44,7 @@ def test_eval_cli_multi_view(bench, tmp_path):
     root, data, names = bench
     out = tmp_path / "metrics.json"
     assert cli_main(["eval", "--checkpoint", str(root / "run"), "--views", "2", "--crops", "3",
-                     "--shuffles", "2", "--batch-size", "12", "--out", str(out)]) == 0
+                     "--shuffles", "2", "--batch-size", "12", "--per-sample", "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     n_val = len(json.loads((data / "something-something-v2-validation.json").read_text()))
     assert m["num_videos"] == n_val and m["num_clips"] == n_val * 6
@@ -52,6 +52,7 @@ def test_eval_cli_multi_view(bench, tmp_path):
     assert m["groups"]["temporal"]["count"] + m["groups"]["static"]["count"] == n_val
     assert m["gap_top1"] == pytest.approx(m["top1"] - m["shuffled_top1"])
     assert sum(c["count"] for c in m["per_class"].values()) == n_val
+    assert len(m["per_sample"]["p_y"]) == len(m["per_sample"]["p_y_shuffled"]) == n_val
 
 
 def test_audit_report_side_by_side_with_hf_models(bench, tmp_path):

@@ -303,6 +303,21 @@ def test_wrong_architecture_and_bad_files(tmp_path):
         load_pretrained(mf, tmp_path / "empty_dir")
 
 
+def test_training_checkpoint_of_this_library(tmp_path):
+    """Fine-tuning from our own pretraining run: the ``model.*`` tensors load, ``objective.*`` are left out."""
+    from timematters.engine.checkpoint import save_checkpoint
+
+    src = randomize_(timematters.create_model("xvit_tiny", num_classes=5, num_frames=4, img_size=32, **SMALL), 15)
+    path = save_checkpoint(tmp_path, model=src, objective=nn.Linear(64, 3), spec={"name": "xvit_tiny"},
+                           train_state={"epoch": 0}, step=7)
+    dst = timematters.create_model("xvit_tiny", num_classes=5, num_frames=4, img_size=32, **SMALL)
+    report = load_pretrained(dst, path)
+    assert report.source_arch == "xvit" and not report.missing and not report.unexpected
+    assert any("objective.*" in d for d in report.dropped)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v, msg=k)
+
+
 class NotATensor:
     pass
 

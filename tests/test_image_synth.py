@@ -66,12 +66,14 @@ def test_variants_share_foregrounds_and_swap_backgrounds_as_defined(bench):
 
 def test_train_backgrounds_follow_the_class_with_the_given_correlation(tmp_path):
     spec = si.SynthImageSpec(num_classes=2, img_size=32, train_per_class=40, test_per_class=2,
-                             bg_correlation=1.0, seed=1)
+                             bg_correlation=1.0, object_scale=(0.15, 0.2), seed=1)
     si.write_benchmark(tmp_path / "b", spec)
-    # hue of the corner pixels (background) of every training image: class 0 is red-ish, class 1 cyan-ish
+    # median colour of the border pixels (mostly background with small objects): class 0 red-ish, class 1 cyan-ish
     for k, name in enumerate(si.class_names(2)):
         for p in (tmp_path / "b" / "original" / "train" / name).glob("*.png"):
-            corner = load(p)[:3, :3].reshape(-1, 3).astype(float).mean(0)
+            img = load(p).astype(float)
+            border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])       # (4 * 32, 3)
+            corner = np.median(border, axis=0)
             assert (corner[0] > corner[2]) == (k == 0), p
 
 
@@ -98,3 +100,18 @@ def test_cli(tmp_path, capsys):
     assert load(tmp_path / "cli" / "mixed_next" / "val" / "01_square" / "00001.png").shape == (24, 24, 3)
     with pytest.raises(ValueError, match="num_classes"):
         si.write_benchmark(tmp_path / "bad", si.SynthImageSpec(num_classes=1))
+
+
+def test_object_colour_follows_the_class_band(tmp_path):
+    import colorsys
+
+    K = 3
+    si.write_benchmark(tmp_path / "c", si.SynthImageSpec(num_classes=K, img_size=32, train_per_class=1,
+                                                         test_per_class=4, fg_colour_correlation=1.0, seed=3))
+    for k, name in enumerate(si.class_names(K)):
+        for i in range(4):
+            alpha = load(tmp_path / "c" / "fg_mask" / "val" / name / f"{i:05d}.png")
+            rgb = load(tmp_path / "c" / "only_fg" / "val" / name / f"{i:05d}.png")[alpha == 255].mean(0) / 255
+            hue = colorsys.rgb_to_hsv(*rgb)[0]
+            centre = (k + 0.5) / K
+            assert abs((hue - centre + 0.5) % 1.0 - 0.5) <= 0.25 / K + 0.02, (name, i, hue)

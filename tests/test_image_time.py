@@ -15,15 +15,24 @@ from timematters.utils import rng_for
 K = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: one thread avoids OpenMP spin-waiting (10-20x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_vit(patch_size: int = 8, img_size: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     return create_model("vit_tiny_patch16", num_classes=K, num_frames=1, img_size=img_size,
                         patch_size=patch_size, depth=2, embed_dim=64, num_heads=2).eval()
 
 
-def make_batch(B: int = 3, size: int = 32, seed: int = 0) -> dict:
+def make_batch(B: int = 3, size: int = 32, seed: int = 0, scale: float = 1.0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randn(B, 3, size, size, generator=g),
+    return {"image": scale * torch.randn(B, 3, size, size, generator=g),
             "label": torch.randint(0, K, (B,), generator=g),
             "index": torch.arange(10, 10 + B)}
 
@@ -153,10 +162,10 @@ def test_a_short_training_loop_learns_the_patch_positions():
     """The order head reads positions off the tokens after a few steps (chance is 1/16); all terms train."""
     model = tiny_vit().train()
     obj = ImageTIME(model, num_classes=K, weights={"cls": 1.0, "order": 1.0, "debias": 0.5}, seed=0)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(obj.parameters()), lr=3e-3)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(obj.parameters()), lr=1e-2)
     history = []
     for step in range(30):
-        losses, out = obj(model, make_batch(B=4, seed=step))
+        losses, out = obj(model, make_batch(B=4, seed=step, scale=0.1))   # weak content: position rules
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -165,4 +174,4 @@ def test_a_short_training_loop_learns_the_patch_positions():
     assert all(p.grad is not None for p in obj.order_head.parameters())
     assert model.pos_embed.grad is not None and model.head.weight.grad is not None
     assert history[-1][0] < 0.5 * history[0][0]
-    assert history[-1][1] > 4 / 16
+    assert history[-1][1] > 8 / 16

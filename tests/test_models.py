@@ -38,6 +38,11 @@ def test_registry_names():
         timematters.create_model("nope", num_classes=2, num_frames=4, img_size=32)
     with pytest.raises(TypeError, match="timesformer_tiny"):
         build("timesformer_tiny", not_an_arg=1)
+    # ModelConfig writes 0 for "the registered default size"
+    with torch.device("meta"):
+        model = timematters.create_model("xvit_small", num_classes=2, num_frames=4, img_size=32, depth=0,
+                                         embed_dim=0, num_heads=0, patch_size=0, drop_path_rate=0.1)
+    assert model.embed_dim == 384 and len(model.blocks) == 12 and model.patch_size == 16
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -247,3 +252,41 @@ def test_xvit_cls_is_the_consensus_output():
         expected = model.consensus_norm(model.consensus(frame_cls)).mean(dim=1)
     torch.testing.assert_close(f.cls, expected)
     assert f.head_input is None
+
+
+def test_timesformer_fused_temporal_projection_matches_two_layers():
+    """The temporal branch applies proj and temporal_fc as one product; values and gradients must be
+    those of the two layers applied one after the other."""
+    from timematters.models.timesformer import DividedBlock
+
+    torch.manual_seed(10)
+    block = DividedBlock(dim=32, num_heads=4).train()
+    h = torch.randn(2, 5, 3, 32)
+
+    def grads(fn):
+        block.zero_grad()
+        out = fn(h)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
+
+    fused, g_fused = grads(block.temporal_branch)
+    plain, g_plain = grads(lambda t: block.temporal_fc(block.temporal_attn(t)))
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    assert g_fused.keys() == g_plain.keys() and "temporal_fc.weight" in g_fused
+    for n in g_fused:
+        torch.testing.assert_close(g_fused[n], g_plain[n], atol=1e-4, rtol=1e-4, msg=n)
+
+
+def test_drop_path_draws_once_per_sample_for_cls_and_tokens():
+    from timematters.models.layers import DropPath
+
+    dp = DropPath(0.5).train()
+    torch.manual_seed(11)
+    cls, tokens = dp(torch.ones(64, 1, 8), torch.ones(64, 3, 5, 8))
+    kept_cls, kept_tokens = cls[:, 0, 0] > 0, tokens[:, 0, 0, 0] > 0
+    assert torch.equal(kept_cls, kept_tokens) and 0 < kept_cls.sum() < 64
+    assert torch.all(cls[kept_cls] == 2.0) and torch.all(tokens[kept_tokens] == 2.0)
+    assert torch.all(tokens[~kept_tokens] == 0)
+    dp.eval()
+    x = torch.randn(4, 3)
+    assert dp(x) is x

@@ -303,22 +303,24 @@ def test_resample_clip_takes_uniform_frames():
 
 
 # ---------------------------------------------------------------------------------------- training
-def _synth_set(per_class: int, offset: int, frames: int, size: int):
+def _synth_set(per_class: int, offset: int, frames: int = 16, size: int = 64):
+    """In-memory clips of the synthetic benchmark on one background colour: (N, T, 3, S, S) normalised."""
     from timematters.data.synth import CLASSES, sample_clip
     clips, labels = [], []
     for c in range(len(CLASSES)):
         for j in range(per_class):
-            v, _, _ = sample_clip(c, 0, offset + 1000 * c + j, frames=frames, size=size)
+            v, _, _ = sample_clip(c, 0, offset + 1000 * c + j, frames=frames, size=size, background=0)
             clips.append(torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1)   # mean = std = 0.5
             labels.append(c)
     return torch.stack(clips), torch.tensor(labels)
 
 
-def _knn_accuracy(model, xtr, ytr, xva, yva, k=10, temperature=0.07):
+def _knn_accuracy(model, xtr, ytr, xva, yva, k=20, temperature=0.07):
+    """Weighted kNN (the SVT / DINO protocol) on CLS features of 8 uniformly sampled frames."""
+    model.eval()
     with torch.no_grad():
-        model.eval()
-        ftr = F.normalize(model.forward_features(resample_clip(xtr, (8, xtr.shape[-2], xtr.shape[-1]))).cls, dim=1)
-        fva = F.normalize(model.forward_features(resample_clip(xva, (8, xva.shape[-2], xva.shape[-1]))).cls, dim=1)
+        ftr, fva = (F.normalize(model.forward_features(resample_clip(x, (8, *x.shape[-2:]))).cls, dim=1)
+                    for x in (xtr, xva))
     sim, idx = (fva @ ftr.T).topk(k, dim=1)
     votes = torch.zeros(len(fva), int(ytr.max()) + 1).scatter_add_(1, ytr[idx], (sim / temperature).exp())
     return float((votes.argmax(1) == yva).float().mean())
@@ -326,4 +328,41 @@ def _knn_accuracy(model, xtr, ytr, xva, yva, k=10, temperature=0.07):
 
 @pytest.mark.slow
 def test_short_training_run_learns_without_collapse():
-    pytest.skip("tuned below")
+    from timematters.engine.optim import build_optimizer, lr_at
+
+    xtr, ytr = _synth_set(8, 0)                 # 112 training clips, 14 classes
+    xva, yva = _synth_set(4, 500)               # 56 validation clips
+    random_knn = _knn_accuracy(tiny_model(img=64), xtr, ytr, xva, yva)
+
+    model = tiny_model(img=64)
+    obj = build_objective("svt", model, num_classes=0, seed=0, out_dim=1024, hidden_dim=256, bottleneck_dim=64,
+                          global_frames=(4, 8), local_frames=(2, 2, 4, 4), global_size=64, local_size=32,
+                          local_time_fraction=0.25, flip_p=0.0, momentum_teacher=0.99)
+    opt = build_optimizer(param_groups([("model", model), ("objective", obj)], 0.04), lr=5e-4)
+    batch, epochs = 16, 4
+    steps_per_epoch = len(xtr) // batch
+    total = steps_per_epoch * epochs
+    step, stats = 0, []
+    for epoch in range(epochs):
+        model.train(), obj.train()
+        perm = torch.from_numpy(rng_for(0, epoch).permutation(len(xtr)))
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch:(s + 1) * batch]
+            losses, outputs = obj(model, {"video": xtr[idx], "index": idx})
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            lr = lr_at(step, total_steps=total, steps_per_epoch=steps_per_epoch, base_lr=5e-4, min_lr=1e-6,
+                       schedule="cosine", warmup_epochs=1)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 3.0)
+            obj.before_optimizer_step(opt, epoch=epoch, step=step, total_steps=total)
+            opt.step()
+            step += 1
+            obj.on_step_end(model, step, total)
+            stats.append({k: float(v) for k, v in outputs.items()})
+
+    last = stats[-1]
+    assert last["svt/feature_std"] > 0.3, stats[-3:]                       # no collapse to one point
+    assert last["svt/teacher_entropy"] < 0.95 * math.log(1024), stats[-3:]  # nor to the uniform output
+    assert _knn_accuracy(model, xtr, ytr, xva, yva) > random_knn

@@ -333,6 +333,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N videos (0 = all)")
+    parser.add_argument("--per-sample", action="store_true",
+                        help="also write per video p(y|x), p(y|x shuffled), p(y|x reversed) and the prediction")
     parser.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
 
 
@@ -375,7 +377,7 @@ def main(args: argparse.Namespace) -> int:
     groups = resolve_groups(args.groups, class_names, data_root)
     result = evaluate(model, loader, device=device, shuffles=args.shuffles, seed=args.seed,
                       reverse=not args.no_reverse, amp_dtype=amp_dtype_from(args.amp, device),
-                      class_groups=groups, class_names=class_names)
+                      class_groups=groups, class_names=class_names, per_sample=args.per_sample)
     result["checkpoint"] = str(args.checkpoint)
     result["data"] = str(data_root)
     result["views"], result["crops"] = args.views, args.crops

@@ -101,6 +101,11 @@ def plot_gradcam(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None]], path
                 ax.set_title(f"frame {t + 1}", fontsize=8)
         axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 0.93, 0.96))
+    if any(heat is not None for _, _, heat in rows):
+        cax = fig.add_axes((0.945, 0.1, 0.012, 0.72))
+        bar = fig.colorbar(matplotlib.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1)), cax=cax)
+        bar.set_label("GradCAM (per clip, 0-1)", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
     plt.close(fig)

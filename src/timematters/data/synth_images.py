@@ -4,8 +4,11 @@ The Backgrounds Challenge (Xiao et al., 2021; the TIME paper's Table 4) tests ho
 classifier relies on the background: the foreground of every test image is pasted on other
 backgrounds. This module builds a small stand-in that a tiny ViT learns on the CPU:
 
-* foreground = a class-specific shape (disk, square, triangle, ...) with a random colour (never tied
-  to the class), size, position and rotation;
+* foreground = a class-specific shape (disk, square, triangle, ...) with random size, position and
+  rotation; its colour comes from the class's colour band (hue (k + 0.5) / K, between the background hues
+  of classes k and k+1) with probability ``fg_colour_correlation``, otherwise it is any hue. Shape is the
+  one cue that is always right; colour is a cue a small ViT picks up in minutes (shape alone it does not
+  learn on the CPU in that time: measured, a tiny ViT then reads the background only);
 * background = a class-specific texture family (a hue and a pattern: stripes, checks or dots) with
   random jitter. In training the background comes from the object's own class with probability
   ``bg_correlation``, otherwise from a random class, so the background is a shortcut that is right
@@ -53,9 +56,14 @@ _FG, _BG, _PICK = 0, 1, 2
 class SynthImageSpec:
     num_classes: int = 9            # at most len(SHAPES)
     img_size: int = 32
-    train_per_class: int = 300
+    train_per_class: int = 200
     test_per_class: int = 100
-    bg_correlation: float = 0.9     # P(train background comes from the object's own class)
+    # The two cue strengths were set so that a tiny ViT (3 blocks, dim 64, patch 8) trained for ~5 CPU epochs
+    # lands near the paper's Table 4 baseline pattern: measured Original 90, Only-FG 68, Mixed-Same 90,
+    # Mixed-Rand 41, Mixed-Next 40 (%). With (0.9, 0.7) it read the background only (Mixed-Rand at chance);
+    # with (0.75, 0.85) mostly the object's colour (BG-Gap ~13).
+    bg_correlation: float = 0.85        # P(train background comes from the object's own class)
+    fg_colour_correlation: float = 0.8  # P(object hue comes from its class's colour band), train and test
     object_scale: tuple[float, float] = (0.30, 0.42)  # object radius as a share of the image side
     seed: int = 0
 
@@ -95,9 +103,10 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
                     dtype=np.float32)
 
 
-def draw_foreground(shape: str, size: int, scale: tuple[float, float],
+def draw_foreground(cls: int, num_classes: int, size: int, scale: tuple[float, float], colour_correlation: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One object: colour image ``(H, W, 3)`` in [0, 1] and soft alpha mask ``(H, W)`` in [0, 1]."""
+    """One object of class ``cls``: colour image ``(H, W, 3)`` in [0, 1] and soft alpha mask ``(H, W)``."""
+    shape = SHAPES[cls]
     radius = rng.uniform(*scale) * size                        # pixels
     margin = radius * 0.8                                      # keep most of the object inside
     cx, cy = rng.uniform(margin, size - margin, size=2)
@@ -109,8 +118,12 @@ def draw_foreground(shape: str, size: int, scale: tuple[float, float],
     v = -math.sin(angle) * dx + math.cos(angle) * dy
     mask = _shape_mask(shape, u, v).astype(np.float32)
     alpha = mask.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))   # (H, W)
-    # bright, saturated colour of any hue: the colour says nothing about the class
-    colour = _hsv(rng.uniform(), rng.uniform(0.55, 1.0), rng.uniform(0.85, 1.0))
+    # bright and saturated; the hue is the class's band (width 1/(2K)) or, otherwise, any hue
+    if rng.uniform() < colour_correlation:
+        hue = (cls + 0.5 + rng.uniform(-0.25, 0.25)) / num_classes
+    else:
+        hue = rng.uniform()
+    colour = _hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.85, 1.0))
     shade = 1.0 - 0.15 * (v.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3)) + 1) / 2
     fg = np.clip(colour[None, None, :] * shade[..., None], 0, 1)                     # (H, W, 3)
     return fg.astype(np.float32), alpha
@@ -156,8 +169,9 @@ def write_benchmark(out: str | Path, spec: SynthImageSpec = SynthImageSpec(), *,
     k_all = spec.num_classes
     if not 2 <= k_all <= len(SHAPES):
         raise ValueError(f"num_classes must be in 2..{len(SHAPES)}, got {k_all}")
-    if not 0.0 <= spec.bg_correlation <= 1.0:
-        raise ValueError(f"bg_correlation must be in [0, 1], got {spec.bg_correlation}")
+    for name in ("bg_correlation", "fg_colour_correlation"):
+        if not 0.0 <= getattr(spec, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(spec, name)}")
     if spec.test_per_class < 2:
         raise ValueError("test_per_class must be at least 2 (mixed_same needs another image of the class)")
     final = Path(out)
@@ -185,7 +199,8 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
     # training set: background from the object's class with probability bg_correlation
     for k in range(k_all):
         for i in range(spec.train_per_class):
-            fg, alpha = draw_foreground(SHAPES[k], size, spec.object_scale, rng_for(seed, _TRAIN, _FG, k, i))
+            fg, alpha = draw_foreground(k, k_all, size, spec.object_scale, spec.fg_colour_correlation,
+                                        rng_for(seed, _TRAIN, _FG, k, i))
             pick = rng_for(seed, _TRAIN, _PICK, k, i)
             bg_cls = k if pick.uniform() < spec.bg_correlation else int(pick.integers(k_all))
             bg = draw_background(bg_cls, k_all, size, rng_for(seed, _TRAIN, _BG, k, i))
@@ -193,8 +208,8 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
 
     # test set: one pool of foregrounds and one of backgrounds per class, combined five ways
     n = spec.test_per_class
-    fgs = [[draw_foreground(SHAPES[k], size, spec.object_scale, rng_for(seed, _TEST, _FG, k, i))
-            for i in range(n)] for k in range(k_all)]
+    fgs = [[draw_foreground(k, k_all, size, spec.object_scale, spec.fg_colour_correlation,
+                            rng_for(seed, _TEST, _FG, k, i)) for i in range(n)] for k in range(k_all)]
     bgs = [[draw_background(k, k_all, size, rng_for(seed, _TEST, _BG, k, i)) for i in range(n)]
            for k in range(k_all)]
     black = np.zeros((size, size, 3), np.float32)
@@ -235,6 +250,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-per-class", type=int, default=d.test_per_class)
     p.add_argument("--bg-correlation", type=float, default=d.bg_correlation,
                    help="probability that a training background comes from the object's own class")
+    p.add_argument("--fg-colour-correlation", type=float, default=d.fg_colour_correlation,
+                   help="probability that an object's hue comes from its class's colour band")
     p.add_argument("--object-scale", type=float, nargs=2, default=list(d.object_scale), metavar=("MIN", "MAX"),
                    help="object radius range as a share of the image side")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -244,7 +261,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     spec = SynthImageSpec(num_classes=args.classes, img_size=args.img_size,
                           train_per_class=args.train_per_class, test_per_class=args.test_per_class,
-                          bg_correlation=args.bg_correlation, object_scale=tuple(args.object_scale),
+                          bg_correlation=args.bg_correlation,
+                          fg_colour_correlation=args.fg_colour_correlation, object_scale=tuple(args.object_scale),
                           seed=args.seed)
     info = write_benchmark(args.out, spec, overwrite=args.overwrite)
     n_train = spec.num_classes * spec.train_per_class

@@ -1,6 +1,7 @@
 """The main job (``make demo``): generate the synthetic benchmark, train a tiny TimeSformer baseline
 and the same with TIME on the CPU, and print a table like the TIME paper's Table 3 (original /
-shuffled / gap on all, temporal and static classes, with the temporal classes' order-blind ceiling).
+shuffled / gap on all, temporal and static classes, with the temporal classes' order-blind ceiling),
+then audit both runs side by side (``runs/demo/audit/report.html``).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def order_blind_ceiling(data: Path) -> float | None:
 
 
 def run_demo(out: Path, *, videos: int, frames: int, size: int, seed: int, bias: float,
-             overrides: list[str]) -> dict:
+             overrides: list[str], audit: bool = True) -> dict:
     from .train import train
 
     data = ensure_benchmark(out / "synth", videos=videos, frames=frames, size=size, seed=seed, bias=bias)
@@ -68,6 +69,11 @@ def run_demo(out: Path, *, videos: int, frames: int, size: int, seed: int, bias:
     (out / "table.json").write_text(json.dumps(results, indent=1, default=float))
     print("\nValidation top-1 (%) on original and frame-shuffled clips (synthetic benchmark):\n")
     print(table)
+    if audit:
+        from ..analysis.audit import run_audit
+        print(f"\n== temporal-bias audit -> {out / 'audit' / 'report.html'}")
+        run_audit([str(out / config) for _, config in RUNS], str(data), out / "audit",
+                  names=[name for name, _ in RUNS], seed=seed, probe_train_videos=256, probe_test_videos=128)
     return results
 
 
@@ -78,10 +84,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--bias", type=float, default=0.0, help="train-split background/class agreement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-audit", action="store_true", help="skip the audit report of the two runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to both runs")
 
 
 def main(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-             bias=args.bias, overrides=args.overrides)
+             bias=args.bias, overrides=args.overrides, audit=not args.no_audit)
     return 0

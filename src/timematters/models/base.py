@@ -20,7 +20,8 @@ import torch
 class Features:
     cls: torch.Tensor                          # (B, D) final-normed CLS (or pooled) feature
     tokens: torch.Tensor                       # (B, T, N, D) final-normed patch tokens (T = 1 for images)
-    hidden: list[torch.Tensor] | None = None   # per block, (B, T, N, D) patch tokens (no final norm)
+    hidden: list[torch.Tensor] | None = None   # per block, (B, T, N, D) patch tokens (no final norm);
+                                               # may be non-contiguous views: use .reshape, not .view
     head_input: torch.Tensor | None = None     # (B, D') what forward_head consumes, when it is not ``cls``
 
     @property

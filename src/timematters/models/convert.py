@@ -7,7 +7,8 @@ Formats read (detected from the path and the key names):
 * official TimeSformer ``.pyth`` (``{"model_state": {"model.blocks.0.temporal_attn.qkv.weight": ...}}``).
 * a Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` directory written by
   ``save_pretrained`` (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
-* our own state dicts (also wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, ``module.`` prefixes).
+* our own state dicts (also wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, ``module.`` prefixes), and
+  our training checkpoints (``model.*`` + ``objective.*`` safetensors: the ``model.*`` part is loaded).
 
 An image ViT is inflated into a video backbone following each paper's recipe (``inflate_vit_to_*``).
 Nothing here executes pickled code: ``torch.load(weights_only=True)``, safetensors, ``np.load(allow_pickle=False)``.
@@ -228,8 +229,17 @@ def detect_arch(sd: Mapping[str, torch.Tensor]) -> str:
                      f"{sorted(keys)[:8]})")
 
 
+def split_model_tensors(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
+    """Keep the backbone when tensors are stored under ``model.`` next to others (our training
+    checkpoints hold ``model.*`` and ``objective.*``); returns (state_dict, names left out)."""
+    if not any(k.startswith("model.") for k in sd):
+        return dict(sd), []
+    kept = {k: v for k, v in sd.items() if k.startswith("model.")}
+    return kept, [k for k in sd if k not in kept]
+
+
 def to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """Any supported key layout -> our names (HF, official ``model.``, DDP ``module.``)."""
+    """Any supported key layout -> our names (HF, official / our checkpoints' ``model.``, DDP ``module.``)."""
     sd = strip_prefix(sd, "module.")
     if any(k.startswith(("embeddings.patch_embeddings", "timesformer.embeddings")) for k in sd):
         return hf_timesformer_to_ours(sd)
@@ -391,8 +401,12 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     tensor raises ``ValueError`` listing them; otherwise they are only reported.
     """
     sd, fmt = read_state_dict(path)
+    sd, left_out = split_model_tensors(strip_prefix(sd, "module."))
     sd, src = convert_for_model(sd, model)
     report = LoadReport(path=str(path), source_format=fmt, source_arch=src)
+    if left_out:
+        prefixes = sorted({k.split(".")[0] + ".*" for k in left_out})
+        report.dropped.append(f"{len(left_out)} tensors outside model.* ({', '.join(prefixes)})")
     sd = adapt_to_model(sd, model, report)
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)

@@ -17,18 +17,23 @@ def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zero the whole residual branch of a sample with probability ``p``."""
+    """Stochastic depth: zero the whole residual branch of a sample with probability ``p``.
+
+    ``drop_path(a, b)`` applies one draw per sample to both tensors (a branch whose output is held as
+    a CLS ``(B, 1, D)`` and patch tokens ``(B, ..., D)``) and returns them as a tuple.
+    """
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = float(p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *more: torch.Tensor):
         if self.p == 0.0 or not self.training:
-            return x
+            return (x, *more) if more else x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        mask = x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)            # (B,)
+        out = tuple(t * mask.view((-1,) + (1,) * (t.ndim - 1)) for t in (x, *more))
+        return out if more else out[0]
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -69,12 +74,15 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(S, L, 3, self.num_heads, self.head_dim).unbind(2)   # (S, L, H, d)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output before the output projection, ``(..., L, D)``."""
         *lead, L, D = x.shape
         q, k, v = self.split_heads(x.reshape(-1, L, D))
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        o = o.transpose(1, 2).reshape(*lead, L, D)  # (..., L, D)
-        return self.proj_drop(self.proj(o))
+        return o.transpose(1, 2).reshape(*lead, L, D)   # (..., L, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.attend(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -190,7 +198,8 @@ class BackboneMixin:
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):
             init_weights(self.head)
-        self.head.to(next(self.parameters()).device)
+        ref = self.cls_token
+        self.head.to(device=ref.device, dtype=ref.dtype)
 
     def forward_head(self, features: Features, pre_logits: bool = False) -> torch.Tensor:
         x = features.head_input if features.head_input is not None else features.cls   # (B, D)

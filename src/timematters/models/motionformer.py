@@ -85,12 +85,10 @@ class TrajectoryBlock(nn.Module):
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cls (B, 1, D), x (B, T, N, D) -> same shapes."""
-        rc, rx = self.attn(self.norm1(cls), self.norm1(x))
-        cls = cls + self.drop_path(rc)
-        x = x + self.drop_path(rx)
-        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return cls, x
+        rc, rx = self.drop_path(*self.attn(self.norm1(cls), self.norm1(x)))   # one draw per sample for both
+        cls, x = cls + rc, x + rx
+        rc, rx = self.drop_path(self.mlp(self.norm2(cls)), self.mlp(self.norm2(x)))
+        return cls + rc, x + rx
 
 
 class Motionformer(BackboneMixin, nn.Module):

@@ -7,6 +7,7 @@ video-level CLS ``(B, 1, D)``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Features
@@ -29,6 +30,21 @@ class DividedBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
 
+    def temporal_branch(self, h: torch.Tensor) -> torch.Tensor:
+        """temporal_fc(proj(attention(h))) on (B, N, T, D).
+
+        With no dropout between them, the two linear maps are applied as one: W = W_fc W_proj,
+        b = W_fc b_proj + b_fc (a D x D x D product instead of a full linear layer over all tokens,
+        forward and backward). The parameters and their gradients are those of the two-layer form.
+        """
+        attn = self.temporal_attn
+        o = attn.attend(h)
+        if self.training and attn.proj_drop.p > 0:
+            return self.temporal_fc(attn.proj_drop(attn.proj(o)))
+        weight = self.temporal_fc.weight @ attn.proj.weight
+        bias = F.linear(attn.proj.bias, self.temporal_fc.weight, self.temporal_fc.bias)
+        return F.linear(o, weight, bias)
+
     def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cls (B, 1, D), x (B, N, T, D) -> same shapes.
 
@@ -38,7 +54,7 @@ class DividedBlock(nn.Module):
         """
         B, N, T, D = x.shape
         # temporal attention over the T tokens at each spatial position
-        rt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(x)))     # (B, N, T, D)
+        rt = self.temporal_branch(self.temporal_norm1(x))                     # (B, N, T, D)
         # The official code applies drop_path before temporal_fc (so a dropped branch still adds its bias)
         # and per (sample, position); we drop the whole residual branch per sample, as stochastic depth does.
         x = x + self.drop_path(rt)
@@ -46,12 +62,11 @@ class DividedBlock(nn.Module):
         # spatial attention per frame over [CLS, N patches]; the CLS is repeated per frame, averaged back
         xs = torch.cat([cls.unsqueeze(1).expand(B, T, 1, D), x.transpose(1, 2)], dim=2)   # (B, T, 1+N, D)
         rc, rx = self.attn(self.norm1(xs)).split([1, N], dim=2)              # (B, T, 1, D), (B, T, N, D)
-        cls = cls + self.drop_path(rc.mean(dim=1))                           # (B, 1, D)
-        x = x + self.drop_path(rx.transpose(1, 2))                           # (B, N, T, D)
+        rc, rx = self.drop_path(rc.mean(dim=1), rx.transpose(1, 2))          # (B, 1, D), (B, N, T, D)
+        cls, x = cls + rc, x + rx
 
-        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return cls, x
+        rc, rx = self.drop_path(self.mlp(self.norm2(cls)), self.mlp(self.norm2(x)))
+        return cls + rc, x + rx
 
 
 class TimeSformer(BackboneMixin, nn.Module):
@@ -100,6 +115,8 @@ class TimeSformer(BackboneMixin, nn.Module):
         B, T = x.shape[:2]
         x, hw = self.patch_embed(x)                                          # (B, T, N, D)
         pos = resample_pos_embed(self.pos_embed, hw, self.grid_size)         # (1, 1+N, D)
+        # the official code resizes time_embed by nearest neighbour and pos_embed by 1-D nearest over the
+        # flattened grid; we resample linearly in time and bicubically on the 2-D grid
         time = resample_time_embed(self.time_embed, T)                       # (1, T, D)
         cls = self.pos_drop(self.cls_token + pos[:, :1]).expand(B, 1, -1)    # (B, 1, D)
         x = self.pos_drop(x + pos[:, None, 1:] + time[:, :, None])           # (B, T, N, D)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Features
-from .layers import (BackboneMixin, DropPath, Mlp, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed,
-                     resample_time_embed, to_2tuple)
+from .layers import (BackboneMixin, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed, resample_time_embed,
+                     to_2tuple)
 from .vit import Block
 
 
