@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timematters import create_model
 from timematters.objectives import build_objective
 from timematters.objectives.image_time import ImageTIME, shuffle_patches
+from timematters.temporal import random_permutation
 from timematters.utils import rng_for
 
 K = 5
@@ -107,8 +108,7 @@ def test_losses_match_a_direct_computation():
     assert torch.allclose(losses["order"], 0.5 * expected_order, atol=1e-5)
 
     # Eq. 17: the class head on patch-shuffled images (permutation drawn from (seed, step, index)) vs uniform
-    orders = [torch.as_tensor(__import__("timematters.temporal", fromlist=["x"]).random_permutation(
-        N, rng_for(1, 4, int(i)))) for i in batch["index"]]
+    orders = [torch.as_tensor(random_permutation(N, rng_for(1, 4, int(i)))) for i in batch["index"]]
     p = model.patch_size
     shuffled = torch.stack([
         x[b].reshape(3, 4, p, 4, p).permute(1, 3, 0, 2, 4).reshape(N, 3, p, p)[orders[b]]
@@ -175,3 +175,34 @@ def test_a_short_training_loop_learns_the_patch_positions():
     assert model.pos_embed.grad is not None and model.head.weight.grad is not None
     assert history[-1][0] < 0.5 * history[0][0]
     assert history[-1][1] > 8 / 16
+
+
+def test_why_pixels_are_shuffled_not_tokens_after_the_position_embedding():
+    """Permuting tokens after pos_embed leaves the CLS feature unchanged (nothing left to debias);
+    permuting pixel patches equals permuting the patch embeddings before pos_embed."""
+    model = tiny_vit()
+    with torch.no_grad():                  # a trained model's position embedding matters; at init it is ~0.02
+        model.pos_embed.copy_(torch.randn(model.pos_embed.shape, generator=torch.Generator().manual_seed(0)))
+    x = make_batch(B=2)["image"]
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(b)) for b in range(2)])
+
+    def run(tokens):                                                          # (B, N, D) before the position embedding
+        B = tokens.shape[0]
+        t = torch.cat([model.cls_token.expand(B, 1, -1), tokens], 1) + model.pos_embed
+        return t
+
+    def finish(t):
+        for blk in model.blocks:
+            t = blk(t)
+        return model.norm(t)[:, 0]                                            # the CLS feature (B, D)
+
+    with torch.no_grad():
+        emb = model.patch_embed(x[:, None])[0][:, 0]                          # (B, N, D)
+        gather = order[..., None].expand_as(emb)
+        after = run(emb)
+        after = torch.cat([after[:, :1], torch.gather(after[:, 1:], 1, gather)], 1)
+        cls = model.forward_features(x).cls
+        assert torch.allclose(finish(after), cls, atol=1e-4)                  # invariant: useless for debiasing
+        before = finish(run(torch.gather(emb, 1, gather)))
+        shuffled = model.forward_features(shuffle_patches(x, order, model.patch_size)).cls
+        assert torch.allclose(before, shuffled, atol=1e-4)

@@ -53,7 +53,8 @@ def slow_fast_features(model: nn.Module, video: torch.Tensor, *, slow: tuple[int
     """CLS features of a slow and a fast clip of ``video`` (B, T, C, H, W), averaged -> (B, D).
 
     ``slow`` / ``fast`` are (T, H, W); by default slow = (8, H, W) and fast = (T, 96/224 H, 96/224 W)
-    of the input (sides rounded to the model's ``patch_size``). With ``return_both`` also returns the two single-clip features ``(avg, slow, fast)``.
+    of the input (sides rounded to the model's ``patch_size``). With ``return_both`` also returns the
+    two single-clip features: ``(avg, slow, fast)``.
     """
     if video.ndim != 5:
         raise ValueError(f"slow_fast_features: video must be (B, T, C, H, W), got {tuple(video.shape)}")

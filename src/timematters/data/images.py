@@ -12,8 +12,10 @@ Bad input follows ``VideoDataset``: an image that cannot be read (missing, zero 
 image) is reported once (logging warning) with its path, counted, remembered and replaced by the next
 readable image of the split (deterministic); once at least ``min_attempts`` loads were made and more than
 ``max_fail_ratio`` of them failed, ``TooManyFailures`` (the video dataset's error) names the files. Counting
-is per dataset instance, i.e. per DataLoader worker, as for videos. Every random
-draw (scale, crop, flip, RandAugment) comes from ``rng_for(seed, epoch, index)``; call ``set_epoch``.
+is per dataset instance, i.e. per DataLoader worker, as for videos.
+
+Every random draw (scale, crop, flip, RandAugment) comes from ``rng_for(seed, epoch, index)``; call
+``set_epoch``.
 """
 from __future__ import annotations
 

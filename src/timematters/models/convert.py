@@ -65,6 +65,10 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: a directory must be a Hugging Face save_pretrained folder with config.json")
+        attention = read_hf_config(path).get("attention_type", "divided_space_time")
+        if attention != "divided_space_time":
+            raise ValueError(f"{path}/config.json: attention_type={attention!r}; only 'divided_space_time' "
+                             "TimeSformer weights map onto timesformer_*")
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
                 return _read_file(path / name), "hf"
