@@ -237,7 +237,12 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
             scaler.unscale_(optimizer)
         if clip_grad > 0:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
-        (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+        objective.before_optimizer_step(optimizer, epoch=epoch, step=global_step, total_steps=total_steps)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         global_step += 1
         objective.on_step_end(model, global_step, total_steps)

@@ -37,8 +37,9 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: dict) -> tuple[LossDict, OutDict]:  # pragma: no cover
         raise NotImplementedError
 
-    def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
-        """Called after each optimiser step (EMA teachers, momentum encoders)."""
+    def before_optimizer_step(self, optimizer, *, epoch: int, step: int, total_steps: int) -> None:
+        """Called after gradient clipping, before ``optimizer.step()`` (``step`` is 0-based): weight-decay
+        schedules, freezing a layer's gradients."""
 
-    def param_groups_extra(self) -> dict[str, Any]:
-        return {}
+    def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after each optimiser step with the 1-based step count (EMA teachers, momentum encoders)."""
