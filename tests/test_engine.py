@@ -83,6 +83,9 @@ def test_checkpoint_pointer_and_pruning(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors")) == [
         "ckpt-0000002.safetensors", "ckpt-0000003.safetensors"]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    # a later step number never deletes the checkpoint just written (write order decides, not names)
+    ckpt.save_checkpoint(tmp_path, model=lin, objective=None, spec={"name": "x"}, step=1, train_state={})
+    assert ckpt.latest_checkpoint(tmp_path)[0].is_file()
     assert ckpt.read_spec(tmp_path) == {"name": "x"}
     with pytest.raises(FileNotFoundError, match="latest.json"):
         ckpt.resolve_weights(tmp_path / "checkpoints")

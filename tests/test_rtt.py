@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import timematters
 from timematters import temporal
 from timematters.objectives import build_objective
 from timematters.objectives.rtt import RTT, TRANSFORMS, rtt_indices

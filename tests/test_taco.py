@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timematters import temporal
 from timematters.objectives import build_objective
 from timematters.objectives.taco import FusionTaskHead, TaCo, info_nce
+from timematters.utils import rng_for
 
 from pretext_helpers import feature_spread, moving_squares, pretrain_steps, tiny_model
 
@@ -87,7 +88,6 @@ def test_rotation_clip_is_the_rotated_key(video):
     losses, _ = obj(model, batch_of(video))
     assert torch.isfinite(losses["task"])
     for b in range(4):
-        from timematters.utils import rng_for
         rotated = temporal.rotation_jitter(key[b], int(k[b]), rng_for(obj.seed, 0, b, 1))
         errs = [(rotated - torch.rot90(key[b], r, dims=(-2, -1))).abs().mean().item() for r in range(4)]
         assert int(np.argmin(errs)) == int(k[b])

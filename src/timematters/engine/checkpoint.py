@@ -24,7 +24,6 @@ from torch import nn
 from ..utils import atomic_write_bytes
 
 CKPT_DIR = "checkpoints"
-KEEP = 2
 
 
 def _tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -46,17 +45,16 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, objective: nn.Modu
     buf = io.BytesIO()
     torch.save(train_state, buf)
     atomic_write_bytes(ckpt_dir / f"{name}.train.pt", buf.getvalue())
+    previous = latest_checkpoint(run_dir)
     pointer = {"step": step, "weights": f"{name}.safetensors", "train_state": f"{name}.train.pt"}
     atomic_write_bytes(ckpt_dir / "latest.json", json.dumps(pointer).encode())
-    _prune(ckpt_dir, keep=KEEP)
+    # keep the new checkpoint and the one it replaces; anything older goes
+    keep = {f"{name}.safetensors"} | ({previous[0].name} if previous else set())
+    for old in ckpt_dir.glob("ckpt-*.safetensors"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name.replace(".safetensors", ".train.pt")).unlink(missing_ok=True)
     return ckpt_dir / f"{name}.safetensors"
-
-
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    steps = sorted(ckpt_dir.glob("ckpt-*.safetensors"))
-    for old in steps[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_name(old.name.replace(".safetensors", ".train.pt")).unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path, Path] | None:

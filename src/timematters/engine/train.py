@@ -345,6 +345,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             milestones=o.milestones, gamma=o.gamma)
 
     global_step = 0
+    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run's checkpoints: pass --resume to continue it, "
+                              "or choose another run.out")
     found = ckpt.latest_checkpoint(run_dir) if resume else None
     if resume and found is None and info.is_main:
         log.info("--resume: no checkpoint in %s, starting from scratch", run_dir)
