@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/flow_compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run (repeatable)")
     args = p.parse_args()
     rows = {}
     for name in args.variants:
