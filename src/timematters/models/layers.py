@@ -182,6 +182,17 @@ class BackboneMixin:
     grad_checkpointing: bool = False
     _no_weight_decay: tuple[str, ...] = ()
 
+    def _set_surface(self, *, embed_dim: int, num_classes: int, patch_size: int, num_frames: int,
+                     img_size: int | tuple[int, int]) -> int:
+        """Set the surface attributes every backbone exposes; returns the patches per frame."""
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.num_frames = num_frames
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        return self.grid_size[0] * self.grid_size[1]
+
     def run_block(self, block: nn.Module, *args: torch.Tensor):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Features
 from .layers import (BackboneMixin, DropPath, Mlp, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed,
-                     resample_time_embed, to_2tuple)
+                     resample_time_embed)
 
 
 class TrajectoryAttention(nn.Module):
@@ -105,13 +105,8 @@ class Motionformer(BackboneMixin, nn.Module):
         super().__init__()
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.embed_dim = embed_dim
-        self.num_classes = num_classes
-        self.patch_size = patch_size
-        self.num_frames = num_frames
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        num_patches = self.grid_size[0] * self.grid_size[1]
+        num_patches = self._set_surface(embed_dim=embed_dim, num_classes=num_classes, patch_size=patch_size,
+                                        num_frames=num_frames, img_size=img_size)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, tubelet_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import Features
 from .layers import (Attention, BackboneMixin, DropPath, Mlp, PatchEmbed, drop_path_rates, init_weights,
-                     resample_pos_embed, resample_time_embed, to_2tuple)
+                     resample_pos_embed, resample_time_embed)
 
 
 class DividedBlock(nn.Module):
@@ -78,13 +78,8 @@ class TimeSformer(BackboneMixin, nn.Module):
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.num_classes = num_classes
-        self.patch_size = patch_size
-        self.num_frames = num_frames
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        num_patches = self.grid_size[0] * self.grid_size[1]
+        num_patches = self._set_surface(embed_dim=embed_dim, num_classes=num_classes, patch_size=patch_size,
+                                        num_frames=num_frames, img_size=img_size)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import Features
 from .layers import (Attention, BackboneMixin, DropPath, Mlp, PatchEmbed, drop_path_rates, init_weights,
-                     resample_pos_embed, to_2tuple)
+                     resample_pos_embed)
 
 
 class Block(nn.Module):
@@ -41,13 +41,8 @@ class VisionTransformer(BackboneMixin, nn.Module):
         super().__init__()
         if num_frames != 1:
             raise ValueError(f"image model: num_frames must be 1, got {num_frames}")
-        self.embed_dim = embed_dim
-        self.num_classes = num_classes
-        self.patch_size = patch_size
-        self.num_frames = 1
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        num_patches = self.grid_size[0] * self.grid_size[1]
+        num_patches = self._set_surface(embed_dim=embed_dim, num_classes=num_classes, patch_size=patch_size,
+                                        num_frames=1, img_size=img_size)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
