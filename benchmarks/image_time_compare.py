@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from timematters.analysis.backgrounds import LABELS, VARIANTS, evaluate_backgrounds
+from timematters.evaluation.backgrounds import LABELS, VARIANTS, evaluate_backgrounds
 from timematters.config import load_config
 from timematters.data.synth_images import SynthImageSpec, write_benchmark
 from timematters.engine.checkpoint import load_model

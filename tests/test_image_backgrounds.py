@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from timematters.analysis import backgrounds as bgmod
+from timematters.evaluation import backgrounds as bgmod
 from timematters.config import load_config
 from timematters.data import synth_images as si
 from timematters.data.images import build_image_dataset

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from timematters.analysis import protocols as P
-from timematters.analysis.features import extract_features, window_starts
+from timematters.evaluation import protocols as P
+from timematters.evaluation.features import extract_features, window_starts
 from timematters.utils import rng_for
 
 

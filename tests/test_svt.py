@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from timematters import create_model
-from timematters.analysis.slowfast import default_fast_shape, resample_clip, slow_fast_features
+from timematters.evaluation.slowfast import default_fast_shape, resample_clip, slow_fast_features
 from timematters.engine.optim import param_groups
 from timematters.objectives import build_objective
 from timematters.objectives.svt import (SVT, DINOHead, clip_grad_per_parameter_, random_resized_crop_box,

@@ -15,14 +15,14 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "timematters.engine.train", "train a model (1 process or torchrun) from a config"),
     ("pretrain", "timematters.engine.pretrain", "label-free pretraining: --method {rtt,taco,svt,time}"),
     ("demo", "timematters.engine.demo", "the main job: synth benchmark, baseline vs +TIME, Table-3 style summary"),
-    ("eval", "timematters.analysis.evaluate", "top-1/top-5 on original, shuffled and reversed clips"),
-    ("audit", "timematters.analysis.audit", "temporal-bias audit: eval + order probe + confidence gap + GradCAM"),
-    ("linear", "timematters.analysis.protocols", "linear probe on frozen features"),
-    ("finetune", "timematters.analysis.protocols", "full fine-tuning of a pretrained backbone"),
-    ("knn", "timematters.analysis.protocols", "weighted kNN classification on frozen features"),
-    ("retrieval", "timematters.analysis.protocols", "video retrieval top-k hit rate"),
+    ("eval", "timematters.evaluation.evaluate", "top-1/top-5 on original, shuffled and reversed clips"),
+    ("audit", "timematters.audit.audit", "temporal-bias audit: eval + order probe + confidence gap + GradCAM"),
+    ("linear", "timematters.evaluation.protocols", "linear probe on frozen features"),
+    ("finetune", "timematters.evaluation.protocols", "full fine-tuning of a pretrained backbone"),
+    ("knn", "timematters.evaluation.protocols", "weighted kNN classification on frozen features"),
+    ("retrieval", "timematters.evaluation.protocols", "video retrieval top-k hit rate"),
     ("synth-images", "timematters.data.synth_images", "write the synthetic background-bias image benchmark"),
-    ("eval-backgrounds", "timematters.analysis.backgrounds", "Backgrounds Challenge protocol (Table 4)"),
+    ("eval-backgrounds", "timematters.evaluation.backgrounds", "Backgrounds Challenge protocol (Table 4)"),
 ]
 
 

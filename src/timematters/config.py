@@ -217,11 +217,11 @@ def save_config(cfg: Config, path: str | Path) -> None:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config is a file path, or the name of one in the repository's ``configs/`` (``.yaml`` optional)."""
+    """A config is a file path, or the name of one shipped in ``timematters/configs/`` (``.yaml`` optional)."""
     p = Path(path)
     if p.is_file():
         return p

@@ -70,7 +70,7 @@ def run_demo(out: Path, *, videos: int, frames: int, size: int, seed: int, bias:
     print("\nValidation top-1 (%) on original and frame-shuffled clips (synthetic benchmark):\n")
     print(table)
     if audit:
-        from ..analysis.audit import run_audit
+        from ..audit.audit import run_audit
         print(f"\n== temporal-bias audit -> {out / 'audit' / 'report.html'}")
         run_audit([str(out / config) for _, config in RUNS], str(data), out / "audit",
                   names=[name for name, _ in RUNS], seed=seed, probe_train_videos=256, probe_test_videos=128)

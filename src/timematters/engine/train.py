@@ -278,8 +278,8 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
                 correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
                 n += len(batch["label"])
         return {"top1": 100.0 * correct / max(1, n), "num_samples": n}
-    from ..analysis.evaluate import evaluate
-    from ..analysis.groups import resolve_groups
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.groups import resolve_groups
     groups = resolve_groups("auto", class_names, cfg.data.root)
     return evaluate(model, loader, device=device, shuffles=cfg.run.eval_shuffles, seed=cfg.run.seed,
                     class_groups=groups, class_names=class_names)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import timematters
-from timematters.analysis.probe import block_features, fit_order_probe, order_probe, plot_order_probe
+from timematters.audit.probe import block_features, fit_order_probe, order_probe, plot_order_probe
 from timematters.models.base import Features
 
 

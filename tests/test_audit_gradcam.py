@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 import timematters
-from timematters.analysis.adapters import gradcam_target
-from timematters.analysis.gradcam import plot_gradcam, to_display, video_gradcam
+from timematters.models.hf import gradcam_target
+from timematters.audit.gradcam import plot_gradcam, to_display, video_gradcam
 
 
 def tiny_model():

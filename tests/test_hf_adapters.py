@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from timematters.analysis.adapters import (HFVideoClassifier, LabelRemap, gradcam_target, label_index, load_any,
+from timematters.models.hf import (HFVideoClassifier, LabelRemap, gradcam_target, label_index, load_any,
                                            normalize_name)
 
 NAMES = ["Pushing [something] from left to right", "Pushing something from right to left", "Folding something"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from timematters.analysis.groups import (SSV2_STATIC, SSV2_TEMPORAL, SSV2_TEMPORAL_SUBSET, load_groups_json,
+from timematters.evaluation.groups import (SSV2_STATIC, SSV2_TEMPORAL, SSV2_TEMPORAL_SUBSET, load_groups_json,
                                          match_templates, resolve_groups, ssv2_groups)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from timematters.analysis.confidence import confidence_gaps, gap_histogram, plot_confidence_gap
+from timematters.audit.confidence import confidence_gaps, gap_histogram, plot_confidence_gap
 
 
 def test_histogram_bins_sum_to_sample_count_including_edges():

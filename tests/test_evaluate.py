@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from timematters.analysis.evaluate import build_variants, evaluate, shuffle_orders
+from timematters.evaluation.evaluate import build_variants, evaluate, shuffle_orders
 
 
 class FrameAverage(nn.Module):

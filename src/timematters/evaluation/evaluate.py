@@ -361,9 +361,9 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from timematters.analysis.adapters import load_any
-    from timematters.analysis.groups import resolve_groups
-    from timematters.analysis.audit import build_eval_loader
+    from timematters.models.hf import load_any
+    from timematters.evaluation.groups import resolve_groups
+    from timematters.audit.audit import build_eval_loader
 
     device = resolve_device(args.device)
     loaded = load_any(args.checkpoint, device=device)

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from timematters.analysis.adapters import LoadedModel, load_any
-from timematters.analysis.confidence import confidence_gaps, gap_histogram, plot_confidence_gap
-from timematters.analysis.evaluate import amp_dtype_from, evaluate, write_json
-from timematters.analysis.gradcam import plot_gradcam, to_display, video_gradcam
-from timematters.analysis.groups import resolve_groups
-from timematters.analysis.probe import order_probe, plot_order_probe
-from timematters.analysis.report import plot_accuracy, write_report
+from timematters.models.hf import LoadedModel, load_any
+from timematters.audit.confidence import confidence_gaps, gap_histogram, plot_confidence_gap
+from timematters.evaluation.evaluate import amp_dtype_from, evaluate, write_json
+from timematters.audit.gradcam import plot_gradcam, to_display, video_gradcam
+from timematters.evaluation.groups import resolve_groups
+from timematters.audit.probe import order_probe, plot_order_probe
+from timematters.audit.report import plot_accuracy, write_report
 from timematters.utils import resolve_device
 
 

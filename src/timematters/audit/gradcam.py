@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from timematters.analysis.adapters import gradcam_target
+from timematters.models.hf import gradcam_target
 
 
 class ChannelsFirstVideo(nn.Module):

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from timematters.analysis.adapters import normalize_name
+from timematters.models.hf import normalize_name
 
 #: the 18 temporal classes (TIME, Appendix A)
 SSV2_TEMPORAL: tuple[str, ...] = (
