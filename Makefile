@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (make setup uses Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[test,torchcodec,hub]"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[test,torchcodec,hub,wandb]"
 	touch $(STAMP)
 
 test: setup
