@@ -34,7 +34,7 @@ def _dataset(records, **kw) -> VideoDataset:
 
 def test_train_sample_contract(videos):
     records, full = videos
-    ds = _dataset(records, randaugment="n=2,m=9")
+    ds = _dataset(records, randaugment="rand-m9-mstd0.5-inc1")
     for i in range(len(ds)):
         s = ds[i]
         assert s["video"].shape == (T, 3, SIZE, SIZE) and s["video"].dtype == torch.float32
@@ -71,7 +71,7 @@ def test_keyed_randomness(videos):
 
 def test_eval_views_and_crops(videos):
     records, _ = videos
-    ds = _dataset(records, train=False, views=2, crops=3, randaugment="n=2,m=9")
+    ds = _dataset(records, train=False, views=2, crops=3, randaugment="rand-m9-mstd0.5-inc1")
     assert len(ds) == len(records) * 6
     metas = [ds[i]["meta"] for i in range(6)]  # all views of video 0
     assert [m["video_index"] for m in metas] == [0] * 6 and [m["view"] for m in metas] == list(range(6))
@@ -89,7 +89,7 @@ def test_label_fn_gets_augmented_uint8_frames(videos):
         assert frames.dtype == np.uint8 and frames.shape == (T, SIZE, SIZE, 3)
         return {"flow": torch.zeros(T - 1, 2, 2, dtype=torch.int64), "n_bright": int(frames.max())}
 
-    ds = _dataset(records, label_fn=label_fn, randaugment="n=2,m=9")
+    ds = _dataset(records, label_fn=label_fn, randaugment="rand-m9-mstd0.5-inc1")
     s = ds[0]
     back = ((s["video"].permute(0, 2, 3, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8).numpy()
     np.testing.assert_array_equal(back, seen[0])  # the video is exactly these frames, normalised

@@ -71,6 +71,15 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
         if p.ndim <= 1 or name in m.no_weight_decay():
             assert id(p) in no_decay_ids, name
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    # the official TIME optimiser (the SSv2 recipes): only biases and 1-D parameters are exempt
+    decay, no_decay = param_groups([("model", m)], 0.05, "1d")
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    for name, p in m.named_parameters():
+        assert (id(p) in no_decay_ids) == (p.ndim <= 1), name
+    assert {"pos_embed", "cls_token", "time_embed"} <= {n for n, p in m.named_parameters()
+                                                        if id(p) in {id(q) for q in decay["params"]}}
+    with pytest.raises(ValueError, match="no_decay"):
+        param_groups([("model", m)], 0.05, "none")
 
 
 def test_checkpoint_pointer_and_pruning(tmp_path):

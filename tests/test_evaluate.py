@@ -100,7 +100,7 @@ def test_order_sensitive_model_loses_accuracy_and_is_deterministic():
     assert out["top1"] == 100.0
     assert out["shuffled_top1"] < 100.0 and out["gap_top1"] > 0
     assert out["reversed_top1"] < 100.0
-    # the same numbers with another batch size: permutations depend on (seed, shuffle, sample index) only
+    # the same numbers with another batch size: permutations depend on (seed, shuffle, video) only
     rebatched = make_batches(model, num_videos=40, batch_size=3, T=8)
     again = evaluate(model, rebatched, device="cpu", shuffles=2, seed=7)
     assert again["shuffled_top1"] == out["shuffled_top1"]
@@ -126,6 +126,45 @@ def test_multi_view_averaging_groups_and_per_class():
         manual = sum(out["per_class"][c]["shuffled_top1"] * out["per_class"][c]["count"]
                      for c in ("a", "b") if c in out["per_class"]) / n_ab
         assert math.isclose(out["groups"]["ab"]["shuffled_top1"], manual, rel_tol=1e-9)
+
+
+class RecordOrders(nn.Module):
+    """Order-blind classifier that records the frame order it was shown (frame t holds the value t)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        self.seen.append(video[:, :, 0, 0, 0].round().long())        # (B', T) the frame order
+        return torch.zeros(video.shape[0], 2)
+
+
+def test_all_crops_of_a_video_get_the_same_shuffle():
+    """Three spatial crops per video (as `val_crops: 3`): one permutation per video, not one per crop,
+    so the summed shuffled score is that of one shuffled video, not an ensemble over permutations."""
+    T, crops, videos = 6, 3, 5
+    clip = torch.arange(T, dtype=torch.float32).view(1, T, 1, 1, 1).expand(1, T, 3, 2, 2)
+    samples = [(v, c) for v in range(videos) for c in range(crops)]           # dataset order: video major
+    batches = []
+    for start in range(0, len(samples), 4):                                     # batches cut across videos
+        chunk = samples[start:start + 4]
+        batches.append({"video": clip.expand(len(chunk), -1, -1, -1, -1).clone(),
+                        "label": torch.zeros(len(chunk), dtype=torch.long),
+                        "index": torch.tensor([start + i for i in range(len(chunk))]),
+                        "meta": [{"video_index": v, "view": c} for v, c in chunk]})
+    model = RecordOrders()
+    evaluate(model, batches, device="cpu", shuffles=2, reverse=False)
+    orders: dict[tuple[int, int], set] = {}
+    for batch, seen in zip(batches, model.seen):
+        B = batch["video"].shape[0]
+        seen = seen.view(3, B, T)                                               # (variants, B, T)
+        for b, meta in enumerate(batch["meta"]):
+            for k in (1, 2):
+                orders.setdefault((meta["video_index"], k), set()).add(tuple(seen[k, b].tolist()))
+    assert all(len(o) == 1 for o in orders.values())                           # one order per video and shuffle
+    assert len({next(iter(orders[v, 1])) for v in range(videos)}) > 1           # but not one for all videos
+    assert all(orders[v, 1] != set([tuple(range(T))]) for v in range(videos))   # never the identity
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -61,10 +61,10 @@ def test_missing_or_empty_folders_are_named(tmp_path):
 
 def test_random_draws_are_a_function_of_seed_epoch_index(tmp_path):
     write_folder(tmp_path)
-    ds, _ = build(tmp_path, randaugment="n=2,m=9")
+    ds, _ = build(tmp_path, randaugment="rand-m9-mstd0.5-inc1")
     a, b = ds[3], ds[3]
     assert torch.equal(a["image"], b["image"]) and a["meta"]["geometry"] == b["meta"]["geometry"]
-    other, _ = build(tmp_path, randaugment="n=2,m=9")           # a second instance (another worker)
+    other, _ = build(tmp_path, randaugment="rand-m9-mstd0.5-inc1")           # a second instance (another worker)
     assert torch.equal(other[3]["image"], a["image"])
     draws = set()
     for epoch in range(6):

@@ -27,7 +27,7 @@ class DataConfig:
     sampling: str = "tsn"              # tsn (one frame per segment) | dense (fixed stride)
     stride: int = 2                    # dense sampling stride
     scale: tuple[int, int] = (64, 80)  # train short-side jitter range before the crop
-    randaugment: str = ""              # "" = off, else "n=2,m=9" (torchvision RandAugment)
+    randaugment: str = ""              # "" = off, else a timm spec, e.g. "rand-m20-mstd0.5-inc1"
     flip: bool = False                 # off by default: SSv2 has left/right classes
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -76,6 +76,7 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 1e-6
     weight_decay: float = 0.05
+    no_decay: str = "1d+embeddings"    # params without weight decay: 1d (biases, norms) | 1d+embeddings (+ pos/time/CLS)
     amsgrad: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "cosine"           # cosine | step

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from timematters.data.annotations import VideoRecord, read_annotations, AnnotationError
 from timematters.data.decode import DecodeError, open_video
 from timematters.data.sampling import SAMPLINGS, sample_indices
-from timematters.data.transforms import (apply_geometry, apply_randaugment, eval_geometry, normalize,
-                                         parse_randaugment, train_geometry)
+from timematters.data.transforms import (apply_geometry, apply_randaugment, build_randaugment, eval_geometry,
+                                         normalize, train_geometry)
 from timematters.utils import rng_for
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class TooManyFailures(RuntimeError):
 class VideoDataset(Dataset):
     """Clips from a list of ``VideoRecord``.
 
-    Train: one clip per video (random frames, scale jitter + crop, optional flip and RandAugment).
+    Train: one clip per video (random frames, RandAugment (timm spec), scale jitter + crop, optional flip).
     Eval: ``views`` temporal clips x ``crops`` spatial crops per video, so ``len = videos * views * crops``;
     item ``i`` is video ``i // (views * crops)``, view ``i % (views * crops)`` (temporal view major).
     ``decode_threads`` = 1 by default: the parallelism comes from DataLoader workers.
@@ -67,7 +67,7 @@ class VideoDataset(Dataset):
         self.num_frames, self.img_size, self.train = num_frames, img_size, train
         self.sampling, self.stride, self.scale = sampling, stride, (int(scale[0]), int(scale[1]))
         self.flip = flip
-        self.randaugment = parse_randaugment(randaugment) if train else None
+        self.randaugment = build_randaugment(randaugment, img_size=img_size, mean=mean) if train else None
         self.mean, self.std = tuple(mean), tuple(std)
         self.views, self.crops = (1, 1) if train else (views, crops)
         self.seed, self.label_fn = seed, label_fn
@@ -149,14 +149,14 @@ class VideoDataset(Dataset):
             raise DecodeError(record.path, f"{type(e).__name__}: {e}") from e
 
         clip = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
+        if self.randaugment is not None:  # on the decoded frames, before scale jitter and crop (the reference)
+            clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index, attempt, 0xA6))
         h, w = clip.shape[-2:]
         if self.train:
             geometry = train_geometry(h, w, img_size=self.img_size, scale=self.scale, flip=self.flip, rng=rng)
         else:
             geometry = eval_geometry(h, w, img_size=self.img_size, crop_index=crop_index, num_crops=self.crops)
         clip = apply_geometry(clip, geometry)  # (T, C, img, img) uint8
-        if self.randaugment is not None:
-            clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index, attempt, 0xA6))
         sample = {
             "video": normalize(clip, self.mean, self.std),  # (T, C, H, W) float32
             "label": record.label,

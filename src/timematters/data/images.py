@@ -28,8 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from timematters.data.dataset import TooManyFailures
-from timematters.data.transforms import (apply_geometry, apply_randaugment, eval_geometry, normalize,
-                                         parse_randaugment, train_geometry)
+from timematters.data.transforms import (apply_geometry, apply_randaugment, build_randaugment, eval_geometry,
+                                         normalize, train_geometry)
 from timematters.utils import rng_for
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ImageFolderDataset(Dataset):
         img_size: output side in pixels (square).
         mean, std: per-channel normalisation of [0, 1] pixels.
         seed: base seed of the per-sample generators.
-        randaugment: ``""`` or ``"n=2,m=9"`` (torchvision RandAugment, train only; see ``transforms``).
+        randaugment: ``""`` or a timm spec such as ``"rand-m9-mstd0.5-inc1"`` (train only; see ``transforms``).
         scale: train short-side jitter range before the crop (default ``(img_size, 9 * img_size // 8)``);
             eval resizes the short side to ``img_size``.
         flip: random horizontal flips in training.
@@ -99,7 +99,7 @@ class ImageFolderDataset(Dataset):
         self.img_size = int(img_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
-        self.randaugment = parse_randaugment(randaugment) if train else None
+        self.randaugment = build_randaugment(randaugment, img_size=self.img_size, mean=mean) if train else None
         self.scale = tuple(scale) if scale else (self.img_size, (9 * self.img_size) // 8)
         self.flip = flip
         self.max_fail_ratio, self.min_attempts = max_fail_ratio, min_attempts
@@ -132,6 +132,8 @@ class ImageFolderDataset(Dataset):
 
         The video transforms on a one-frame clip: one concept (scale jitter, crop, flip, RandAugment), one place.
         """
+        if self.randaugment is not None:  # before the geometry, as the video clips
+            img = apply_randaugment(img.unsqueeze(0), self.randaugment, (self.seed, self.epoch, index))[0]
         h, w = img.shape[1:]
         if self.train:
             rng = rng_for(self.seed, self.epoch, index)
@@ -139,8 +141,6 @@ class ImageFolderDataset(Dataset):
         else:
             geometry = eval_geometry(h, w, img_size=self.img_size)
         clip = apply_geometry(img.unsqueeze(0), geometry)                        # (1, 3, S, S) uint8
-        if self.randaugment is not None:
-            clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index))
         return normalize(clip, self.mean, self.std)[0], geometry               # (3, S, S)
 
     def _record_failure(self, path: str, reason: str) -> None:

@@ -8,18 +8,18 @@ generators (flow directions) can map anything measured on the raw frames into th
 The raw frame is resized by ``s`` (short side -> the drawn size), the box ``crop`` (in scaled pixels,
 x1/y1 exclusive) is cut out and resized to ``out_size`` (a no-op when the box already has that size),
 then mirrored left-right when ``flip``. A raw point (x, y) lands at ((x * s - x0) * W / (x1 - x0), ...),
-mirrored as W - 1 - x'. RandAugment runs after the crop (4-20x fewer pixels than on the raw frames; the
-reference applies it before) and its affine ops are not part of the geometry: flow labels computed on the
-frames handed to ``label_fn`` include them.
+mirrored as W - 1 - x'. RandAugment (timm, as the reference) runs on the decoded frames before the geometry,
+as in the reference; its affine ops are not part of the geometry: flow labels computed on the frames handed to
+``label_fn`` (after RandAugment and the crop, as the reference) include them.
 """
 from __future__ import annotations
 
 import math
+import random
 import re
 
 import numpy as np
 import torch
-import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from timematters.utils import seed_sequence
@@ -84,28 +84,44 @@ def apply_geometry(clip: torch.Tensor, geometry: dict) -> torch.Tensor:
     return clip
 
 
-def parse_randaugment(spec: str) -> T.RandAugment | None:
-    """"" -> None; "n=2,m=9" (also "m=9,n=2", "rand-m9-n2") -> torchvision's RandAugment(num_ops, magnitude)."""
+_RA_SECTION = re.compile(r"(m|n|mmax|inc)\d+|(p|mstd)\d+(\.\d*)?|t\w+")
+
+
+def build_randaugment(spec: str, *, img_size: int, mean=(0.5, 0.5, 0.5)):
+    """timm RandAugment from its spec string, e.g. ``"rand-m20-mstd0.5-inc1"`` (the TIME / PySlowFast recipe:
+    magnitude 20 (timm caps it at 10), magnitude noise std 0.5, the "increasing" op set, 2 ops each applied with
+    probability 0.5). ``""`` -> None. As the reference: translations up to 0.45 x ``img_size`` (the crop size)
+    and the mean colour (grey for mean 0.5) as fill."""
     spec = spec.strip()
     if not spec:
         return None
-    pairs = dict(re.findall(r"([nm])\s*=?\s*(\d+)", spec))
-    if not pairs or not re.fullmatch(r"(rand-)?([nm]\s*=?\s*\d+[\s,-]*)+", spec):
-        raise ValueError(f"randaugment spec must look like 'n=2,m=9', got {spec!r}")
-    n, m = int(pairs.get("n", 2)), int(pairs.get("m", 9))
-    if not 0 <= m <= 30:  # torchvision's default 31 magnitude bins
-        raise ValueError(f"randaugment magnitude must be in 0..30, got {m} (spec {spec!r})")
-    return T.RandAugment(num_ops=n, magnitude=m)
+    sections = spec.split("-")
+    if sections[0] != "rand" or not all(_RA_SECTION.fullmatch(s) for s in sections[1:]):
+        raise ValueError(f"randaugment: {spec!r} is not a timm RandAugment spec such as 'rand-m20-mstd0.5-inc1' "
+                         "(sections m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>, t<name>)")
+    from timm.data.auto_augment import rand_augment_transform
+    hparams = {"translate_const": int(img_size * 0.45),
+               "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
+    return rand_augment_transform(spec, hparams)
 
 
-def apply_randaugment(clip: torch.Tensor, randaugment: T.RandAugment, key: tuple[int, ...]) -> torch.Tensor:
-    """RandAugment on a uint8 clip ``(T, C, H, W)``: torchvision draws the ops once per call and applies them
-    to the whole tensor, so every frame gets the same ops. The draw is seeded from ``key`` (seed, epoch,
-    index) and leaves the global torch RNG untouched."""
-    seed = int(seed_sequence(*key).generate_state(1, dtype=np.uint64)[0] >> 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return randaugment(clip)
+def apply_randaugment(clip: torch.Tensor, randaugment, key: tuple[int, ...]) -> torch.Tensor:
+    """RandAugment on a uint8 clip ``(T, C, H, W)``, the same draw for every frame (as the reference, which
+    reseeds before each frame). timm draws from Python's ``random`` and NumPy's global generator: both are
+    seeded from ``key`` (seed, epoch, index) before each frame and restored afterwards."""
+    from PIL import Image
+    seed = int(seed_sequence(*key).generate_state(1, dtype=np.uint32)[0])
+    py_state, np_state = random.getstate(), np.random.get_state()
+    out = []
+    try:
+        for frame in clip.permute(0, 2, 3, 1).numpy():        # (H, W, C) uint8
+            random.seed(seed)
+            np.random.seed(seed)
+            out.append(np.asarray(randaugment(Image.fromarray(frame))))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # (T, C, H, W) uint8
 
 
 def normalize(clip: torch.Tensor, mean, std) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""AdamW with parameter groups (no decay on biases, norms, embeddings) and the lr schedules."""
+"""AdamW with parameter groups (no decay on biases and norms, optionally embeddings) and the lr schedules."""
 from __future__ import annotations
 
 import math
@@ -8,24 +8,33 @@ import torch
 from torch import nn
 
 
-def param_groups(modules: Iterable[tuple[str, nn.Module]], weight_decay: float) -> list[dict]:
+NO_DECAY = ("1d", "1d+embeddings")
+
+
+def param_groups(modules: Iterable[tuple[str, nn.Module]], weight_decay: float,
+                 no_decay: str = "1d+embeddings") -> list[dict]:
     """Split trainable parameters into decay / no-decay groups.
 
-    No decay: 1-D parameters (biases, norm scales), and names a module lists in ``no_weight_decay()``
-    (position/time embeddings, CLS tokens), as timm and the TIME recipe do.
+    ``no_decay="1d"``: no decay on 1-D parameters (biases, norm scales) only, as the official TIME optimiser.
+    ``"1d+embeddings"`` (timm's rule): also none on the names a module lists in ``no_weight_decay()``
+    (position/time embeddings, CLS tokens).
     """
-    decay, no_decay = [], []
+    if no_decay not in NO_DECAY:
+        raise ValueError(f"optim.no_decay: unknown rule {no_decay!r} ({' | '.join(NO_DECAY)})")
+    decay, no_decay_params = [], []
     for prefix, module in modules:
-        skip = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+        skip = set()
+        if no_decay == "1d+embeddings" and hasattr(module, "no_weight_decay"):
+            skip = set(module.no_weight_decay())
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             if p.ndim <= 1 or name in skip or any(name.startswith(s + ".") or name == s for s in skip):
-                no_decay.append(p)
+                no_decay_params.append(p)
             else:
                 decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+            {"params": no_decay_params, "weight_decay": 0.0}]
 
 
 def build_optimizer(groups: list[dict], *, lr: float, betas=(0.9, 0.999), amsgrad: bool = False,

@@ -330,7 +330,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                                 collate_fn=collate_fn(cfg))
 
     trainee = Trainee(model, objective)
-    groups = param_groups([("model", model), ("objective", objective)], o.weight_decay)
+    groups = param_groups([("model", model), ("objective", objective)], o.weight_decay, o.no_decay)
     optimizer = build_optimizer(groups, lr=o.lr, betas=o.betas, amsgrad=o.amsgrad)
     autocast, scaler = amp_context(o.amp, info.device)
     if info.enabled:

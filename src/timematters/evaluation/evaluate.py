@@ -1,9 +1,11 @@
 """Top-1/top-5 on original, shuffled and reversed clips, in one batched pass (TIME paper, Table 1 / Fig. 1a).
 
 For every batch the original clips, ``shuffles`` frame-shuffled copies of each clip (a random
-non-identity permutation per sample, drawn from a generator seeded with ``(seed, k, sample index)``,
-so the numbers do not depend on batch size, worker count or rank) and the time-reversed clips are
-stacked into one tensor and sent through the model once.
+non-identity permutation per video, drawn from a generator seeded with ``(seed, k, video)``, so every
+temporal view and spatial crop of one video is shuffled the same way and the numbers do not depend on
+batch size, worker count or rank) and the time-reversed clips are stacked into one tensor and sent
+through the model once. (A permutation per crop would make the summed score an ensemble over
+permutations, which inflates shuffled accuracy.)
 
 Multi-view testing follows PySlowFast's ``TestMeter``: the softmax scores of all temporal views x
 spatial crops of one video are summed, and the video is scored on the sum. Samples of one video are
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,19 +37,20 @@ ORIGINAL, SHUFFLED, REVERSED = "original", "shuffled", "reversed"
 
 
 # ----------------------------------------------------------------------------------------- frame orders
-def shuffle_orders(sample_indices: Sequence[int], num_frames: int, *, seed: int, shuffle: int) -> torch.Tensor:
+def shuffle_orders(shuffle_keys: Sequence[int], num_frames: int, *, seed: int, shuffle: int) -> torch.Tensor:
     """Non-identity frame permutations, one per sample: ``(B, T)`` int64.
 
-    Each sample gets its own generator seeded with ``(seed, shuffle, sample index)``.
+    Sample b gets a generator seeded with ``(seed, shuffle, shuffle_keys[b])``: samples with the same key
+    (the crops and views of one video, see :func:`shuffle_key`) get the same permutation.
     """
     rows = []
-    for index in sample_indices:
+    for index in shuffle_keys:
         gen = torch_rng_for(seed, shuffle, int(index))
         rows.append(temporal.batch_permutations(1, num_frames, gen, per_sample=True, allow_identity=False))
     return torch.cat(rows, dim=0)                                             # (B, T)
 
 
-def build_variants(video: torch.Tensor, sample_indices: Sequence[int], *, shuffles: int, seed: int,
+def build_variants(video: torch.Tensor, shuffle_keys: Sequence[int], *, shuffles: int, seed: int,
                    reverse: bool) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     """Stack original, shuffled and reversed clips: ``(V*B, T, C, H, W)`` and the ``(variant, k)`` list."""
     if video.ndim != 5:
@@ -56,7 +60,7 @@ def build_variants(video: torch.Tensor, sample_indices: Sequence[int], *, shuffl
         raise ValueError(f"evaluate: shuffling needs at least 2 frames per clip, got T={T}")
     parts, variants = [video], [(ORIGINAL, 0)]
     for k in range(shuffles):
-        orders = shuffle_orders(sample_indices, T, seed=seed, shuffle=k).to(video.device)
+        orders = shuffle_orders(shuffle_keys, T, seed=seed, shuffle=k).to(video.device)
         parts.append(temporal.apply_order(video, orders))
         variants.append((SHUFFLED, k))
     if reverse:
@@ -82,6 +86,12 @@ def _video_keys(batch: Mapping[str, Any]) -> list[Any]:
         else:
             raise KeyError("evaluate: a sample has neither meta['video_index'], meta['video_id'] nor 'index'")
     return keys
+
+
+def shuffle_key(video_key: tuple[str, Any]) -> int:
+    """An integer seed key for a video key of :func:`_video_keys` (stable across processes and runs)."""
+    kind, value = video_key
+    return int(value) if kind != "video_id" else zlib.crc32(str(value).encode("utf-8"))
 
 
 class _VideoScores:
@@ -284,9 +294,9 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
                 break
             video = batch["video"]
             B = video.shape[0]
-            index = batch["index"].tolist() if torch.is_tensor(batch.get("index")) else list(range(B))
             labels = torch.as_tensor(batch["label"]).view(-1)
-            stacked, _ = build_variants(video.to(device, non_blocking=True), index,
+            video_keys = _video_keys(batch)                  # all crops / views of one video share a key
+            stacked, _ = build_variants(video.to(device, non_blocking=True), [shuffle_key(k) for k in video_keys],
                                         shuffles=shuffles, seed=seed, reverse=reverse)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
@@ -301,7 +311,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
                 scores.loss_sum += float(F.cross_entropy(logits[0][has_label.to(logits.device)],
                                                          lab[has_label.to(logits.device)], reduction="sum"))
                 scores.loss_count += int(has_label.sum())
-            scores.add(_video_keys(batch), labels, logits.softmax(dim=-1))
+            scores.add(video_keys, labels, logits.softmax(dim=-1))
     finally:
         model.train(was_training)
     keys, labels, views, probs = scores.merged()
