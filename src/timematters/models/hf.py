@@ -267,11 +267,18 @@ def gradcam_target(model: nn.Module, num_frames: int, img_size: int) -> tuple[nn
                         "(expected .blocks[-1].norm1 or a Hugging Face TimeSformer/VideoMAE)")
     p = model.patch_size
     h = w = img_size // p
-    T = num_frames
+    tubelet = getattr(getattr(model, "patch_embed", None), "tubelet_size", 1)
+    T = num_frames // tubelet                                       # token frames
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
-        # timematters TimeSformer: norm1 sees (B, T, 1+N, D) ([CLS, patches] per frame)
+        # TimeSformer / X-ViT: norm1 sees (B, T, 1+N, D) ([CLS, patches] per frame); ViT: (B, 1+N, D) (T = 1);
+        # Motionformer: (B, 1+T*N, D) (one CLS, then the patches frame by frame)
         D = t.shape[-1]
+        if t.ndim == 3 and T > 1 and t.shape[1] % T:                # one prefix for the whole clip
+            extra = t.shape[1] - T * h * w
+            if extra < 0:
+                raise ValueError(f"GradCAM: layer output {tuple(t.shape)} has fewer than {T}x{h * w} tokens")
+            return t[:, extra:].reshape(-1, T, h, w, D).permute(0, 4, 1, 2, 3)
         t = t.reshape(-1, T, t.shape[-2], D) if t.ndim == 4 else t.reshape(-1, T, t.shape[1] // T, D)
         extra = t.shape[2] - h * w
         if extra < 0:

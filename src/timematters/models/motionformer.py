@@ -84,10 +84,14 @@ class TrajectoryBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cls (B, 1, D), x (B, T, N, D) -> same shapes."""
-        rc, rx = self.drop_path(*self.attn(self.norm1(cls), self.norm1(x)))   # one draw per sample for both
+        """cls (B, 1, D), x (B, T, N, D) -> same shapes. Each norm runs once on the joint sequence
+        ``[CLS, patches]`` (B, 1 + T*N, D), as in the official code (and what a GradCAM hook expects)."""
+        B, T, N, D = x.shape
+        h = self.norm1(torch.cat([cls, x.reshape(B, T * N, D)], dim=1))              # (B, 1+T*N, D)
+        rc, rx = self.drop_path(*self.attn(h[:, :1], h[:, 1:].reshape(B, T, N, D)))  # one draw per sample for both
         cls, x = cls + rc, x + rx
-        rc, rx = self.drop_path(self.mlp(self.norm2(cls)), self.mlp(self.norm2(x)))
+        h = self.mlp(self.norm2(torch.cat([cls, x.reshape(B, T * N, D)], dim=1)))   # (B, 1+T*N, D)
+        rc, rx = self.drop_path(h[:, :1], h[:, 1:].reshape(B, T, N, D))
         return cls + rc, x + rx
 
 
