@@ -1,75 +1,107 @@
-"""Hugging Face TimeSformer / VideoMAE through the audit surface: token layout, label mapping, loading."""
+"""Hugging Face video classifiers through the timematters surface: token layouts, GradCAM volumes,
+preprocessing, label mapping, loading (folders and Hub ids, offline)."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import transformers
 
-from timematters.models.hf import (HFVideoClassifier, LabelRemap, gradcam_target, label_index, load_any,
-                                           normalize_name)
+import timematters
+from hf_tiny import FAMILIES, SHAPES, save_tiny, tiny_model
+from timematters.models.hf import (LabelRemap, adapt, gradcam_target, label_index, load_any, normalize_name,
+                                   processor_settings)
 
 NAMES = ["Pushing [something] from left to right", "Pushing something from right to left", "Folding something"]
 
 
-def tiny_timesformer(num_labels: int = 3, id2label=None) -> transformers.TimesformerForVideoClassification:
-    cfg = transformers.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                         num_labels=num_labels, id2label=id2label,
-                                         label2id={v: k for k, v in id2label.items()} if id2label else None)
-    return transformers.TimesformerForVideoClassification(cfg).eval()
+def patch_grid(hf, family: str, x: torch.Tensor) -> torch.Tensor:
+    """The patch embedding of ``x`` computed directly from the family's projection: ``(B, T', N, D)``."""
+    if family == "timesformer":
+        emb = hf.timesformer.embeddings.patch_embeddings(x)[0]                 # (B*T, N, D)
+        return emb.reshape(x.shape[0], x.shape[1], -1, emb.shape[-1])
+    conv = {"videomae": lambda: hf.videomae.embeddings.patch_embeddings.projection,
+            "vivit": lambda: hf.vivit.embeddings.patch_embeddings.projection,
+            "vjepa2": lambda: hf.vjepa2.encoder.embeddings.patch_embeddings.proj,
+            "videoprism": lambda: hf.vision_model.spatial_embeddings.patch_embeddings.projection}[family]()
+    out = conv(x.permute(0, 2, 1, 3, 4))                                        # (B, D, T', h, w)
+    return out.flatten(3).permute(0, 2, 3, 1)                                   # (B, T', N, D)
 
 
-def tiny_videomae(num_labels: int = 3, id2label=None) -> transformers.VideoMAEForVideoClassification:
-    cfg = transformers.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
-                                      num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                      num_labels=num_labels, id2label=id2label,
-                                      label2id={v: k for k, v in id2label.items()} if id2label else None)
-    return transformers.VideoMAEForVideoClassification(cfg).eval()
+def zero_positions(hf) -> None:
+    for name, p in list(hf.named_parameters()) + list(hf.named_buffers()):
+        if "position_embeddings" in name or "time_embeddings" in name or "cls_token" in name:
+            p.data.zero_()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
-def test_timesformer_token_layout_matches_patch_embeddings():
-    torch.manual_seed(0)
-    hf = tiny_timesformer()
-    emb = hf.timesformer.embeddings
-    emb.position_embeddings.zero_()
-    emb.time_embeddings.zero_()
-    emb.cls_token.zero_()
-    x = torch.randn(2, 4, 3, 32, 32)
-    seq0 = hf.timesformer(pixel_values=x, output_hidden_states=True).hidden_states[0]   # (B, 1+N*T, D)
-    expected = emb.patch_embeddings(x)[0].reshape(2, 4, 16, 32)                         # (B*T, N, D) -> (B, T, N, D)
-    wrapper = HFVideoClassifier(hf, "hf-timesformer")
-    assert torch.allclose(wrapper.to_grid(seq0), expected, atol=1e-5)
-    feats = wrapper.forward_features(x, return_hidden=True)
-    assert len(feats.hidden) == 2 and feats.hidden[0].shape == (2, 4, 16, 32)
-    assert torch.allclose(wrapper(x), hf(pixel_values=x).logits)
+def test_block_tokens_are_laid_out_as_frames_and_patches(family):
+    """With position embeddings zeroed, the first block's input seen through the adapter's layout map is the
+    patch embedding of each frame (tubelet) at each grid position."""
+    frames, size, tubelet, blocks = SHAPES[family]
+    hf = tiny_model(family)
+    zero_positions(hf)
+    model = adapt(hf)
+    assert (model.num_frames, model.img_size, model.tubelet) == (frames, size, tubelet)
+    x = torch.randn(2, frames, 3, size, size)
+    grids = model.block_grids()
+    seen = []
+    handle = grids[0][0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    feats = model.forward_features(x, return_hidden=True)
+    handle.remove()
+    expected = patch_grid(hf, family, x)
+    if family == "videomae":     # its sinusoidal table is a plain tensor attribute (not zeroed above): add it
+        pos = hf.videomae.embeddings.position_embeddings.to(expected)
+        expected = expected + pos.reshape(1, frames // tubelet, -1, 32)
+    assert torch.allclose(grids[0][1](seen[0]), expected, atol=1e-5)
+    N = (size // 8) ** 2
+    assert len(feats.hidden) == blocks
+    assert all(h.shape == (2, frames // tubelet, N, 32) for h in feats.hidden)
+    # cls is what the classifier reads: forward_head(features) == forward
+    assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
+    assert model(x).shape == (2, 3)
 
 
-@torch.no_grad()
-def test_videomae_token_layout_matches_tubelet_embeddings():
-    torch.manual_seed(0)
-    hf = tiny_videomae()
-    emb = hf.videomae.embeddings
-    emb.position_embeddings = torch.zeros_like(emb.position_embeddings)
-    x = torch.randn(2, 4, 3, 32, 32)
-    seq0 = hf.videomae(pixel_values=x, output_hidden_states=True).hidden_states[0]      # (B, T'*N, D)
-    conv = emb.patch_embeddings.projection(x.permute(0, 2, 1, 3, 4))                     # (B, D, T', h, w)
-    expected = conv.flatten(3).permute(0, 2, 3, 1)                                       # (B, T', N, D)
-    wrapper = HFVideoClassifier(hf, "hf-videomae")
-    assert wrapper.tubelet == 2
-    assert torch.allclose(wrapper.to_grid(seq0), expected, atol=1e-5)
-    assert wrapper.forward_features(x, return_hidden=True).hidden[0].shape == (2, 2, 16, 32)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradcam_layer_gives_channel_first_volumes(family):
+    frames, size, tubelet, _ = SHAPES[family]
+    model = adapt(tiny_model(family))
+    layer, reshape = gradcam_target(model, frames, size)
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    model(torch.randn(2, frames, 3, size, size))
+    handle.remove()
+    assert reshape(captured[0]).shape == (2, 32, frames // tubelet, size // 8, size // 8)
 
 
-def test_gradcam_reshapes_give_channel_first_volumes():
-    for hf, kind, T in ((tiny_timesformer(), "hf-timesformer", 4), (tiny_videomae(), "hf-videomae", 2)):
-        wrapper = HFVideoClassifier(hf, kind)
-        layer, reshape = gradcam_target(wrapper, 4, 32)
-        captured = []
-        handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
-        wrapper(torch.randn(2, 4, 3, 32, 32))
-        handle.remove()
-        assert reshape(captured[0]).shape == (2, 32, T, 4, 4)
+def test_fixed_frame_models_refuse_other_clip_lengths():
+    model = adapt(tiny_model("videomae"))
+    with pytest.raises(ValueError, match="built for 6 frames"):
+        model(torch.randn(1, 4, 3, 32, 32))
+
+
+def test_processor_normalisation_matches_the_processor(tmp_path):
+    """ViViT rescales to [-1, 1] (offset) before normalising: folded into one mean/std it must give what
+    the processor gives."""
+    proc = transformers.VivitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                                            rescale_factor=1 / 127.5, offset=True, image_mean=[0.5, 0.4, 0.3],
+                                            image_std=[0.5, 0.6, 0.7])
+    proc.save_pretrained(str(tmp_path))
+    s = processor_settings(tmp_path, "vivit", 32)
+    assert s["short_side"] == 40 and s["preprocessing"] == "preprocessor_config.json"
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ref = proc([frame], do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"][0, 0]
+    ours = (torch.from_numpy(frame).permute(2, 0, 1).float() / 255 - torch.tensor(s["mean"])[:, None, None]) \
+        / torch.tensor(s["std"])[:, None, None]
+    assert torch.allclose(ref.float(), ours, atol=1e-4)
+    # without a processor config: the family's processor defaults; VideoPrism reads frames in [0, 1]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert processor_settings(empty, "vjepa2", 32)["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert processor_settings(empty, "videoprism_vision_model", 32)["std"] == (1.0, 1.0, 1.0)
 
 
 def test_label_mapping_by_name_and_default_labels():
@@ -83,21 +115,46 @@ def test_label_mapping_by_name_and_default_labels():
         label_index(None, data[:2], num_outputs=3, source="m")
 
 
-def test_load_any_reads_save_pretrained_dirs(tmp_path):
-    torch.manual_seed(0)
-    id2label = dict(enumerate(NAMES))
-    for name, hf in (("tsf", tiny_timesformer(id2label=id2label)), ("vmae", tiny_videomae(id2label=id2label))):
-        hf.save_pretrained(tmp_path / name)
-        loaded = load_any(tmp_path / name)
-        assert loaded.kind == f"hf-{'timesformer' if name == 'tsf' else 'videomae'}"
-        assert loaded.class_names == NAMES and loaded.num_frames == 4 and loaded.img_size == 32
-        assert len(loaded.mean) == 3 and len(loaded.std) == 3
-        data = list(reversed(["Pushing something from left to right", "Pushing something from right to left",
-                              "Folding something"]))
-        remapped = loaded.model_for(data)
-        assert isinstance(remapped, LabelRemap)
-        x = torch.randn(1, 4, 3, 32, 32)
-        with torch.no_grad():
-            assert torch.allclose(remapped(x), loaded.model(x).flip(1))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_any_reads_save_pretrained_folders(tmp_path, family):
+    frames, size, tubelet, _ = SHAPES[family]
+    save_tiny(family, tmp_path / family, NAMES)
+    loaded = load_any(tmp_path / family)
+    assert loaded.kind.startswith("hf-") and loaded.class_names == NAMES
+    assert (loaded.num_frames, loaded.img_size, loaded.tubelet) == (frames, size, tubelet)
+    data = list(reversed(["Pushing something from left to right", "Pushing something from right to left",
+                          "Folding something"]))
+    remapped = loaded.model_for(data)
+    assert isinstance(remapped, LabelRemap)
+    x = torch.randn(1, frames, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(remapped(x), loaded.model(x).flip(1))
     with pytest.raises(FileNotFoundError):
         load_any(tmp_path / "missing")
+
+
+def test_hub_ids_resolve_through_huggingface_hub_offline(tmp_path, monkeypatch):
+    """A Hub id goes through huggingface_hub.snapshot_download; offline, it finds the repo in the cache
+    (laid out as the Hub client writes it), so no network is needed."""
+    import huggingface_hub.constants as hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--tm-test--tiny-vivit"
+    save_tiny("vivit", repo / "snapshots" / commit, NAMES)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    model = timematters.from_pretrained("tm-test/tiny-vivit")
+    assert model.pretrained_cfg["kind"] == "hf-vivit" and model.pretrained_cfg["class_names"] == NAMES
+    assert model.pretrained_cfg["source"] == "tm-test/tiny-vivit"
+    with pytest.raises(FileNotFoundError, match="Hub download failed"):
+        timematters.from_pretrained("tm-test/not-in-cache")
+    with pytest.raises(FileNotFoundError, match="neither a local path nor a Hub id"):
+        timematters.from_pretrained("no/such/path")
+
+
+def test_unsupported_model_type_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="'bert' is not a supported video classifier"):
+        load_any(tmp_path)

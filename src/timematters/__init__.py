@@ -13,3 +13,10 @@ def list_models():
     from .models import list_models as _list
 
     return _list()
+
+
+def from_pretrained(source, **kwargs):
+    """See :func:`timematters.models.hf.from_pretrained`: a run, an export folder, a Hugging Face folder or Hub id."""
+    from .models.hf import from_pretrained as _load
+
+    return _load(source, **kwargs)

@@ -23,6 +23,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("retrieval", "timematters.evaluation.protocols", "video retrieval top-k hit rate"),
     ("synth-images", "timematters.data.synth_images", "write the synthetic background-bias image benchmark"),
     ("eval-backgrounds", "timematters.evaluation.backgrounds", "Backgrounds Challenge protocol (Table 4)"),
+    ("export-hf", "timematters.models.export", "export a run: TimeSformer -> transformers folder, others -> from_pretrained folder"),
+    ("predict", "timematters.evaluation.predict", "top classes for video files, and for their shuffled and reversed frames"),
 ]
 
 

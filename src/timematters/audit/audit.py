@@ -1,6 +1,8 @@
 """``timematters audit``: how much does a video model ignore time? (TIME paper, Fig. 1, Table 1, Fig. 4)
 
-For each ``--model`` (a timematters run / checkpoint, or a Hugging Face TimeSformer / VideoMAE directory):
+For each ``--model`` (a timematters run / checkpoint / export, a Hugging Face video classifier folder or Hub id:
+TimeSformer, VideoMAE, ViViT, V-JEPA 2, VideoPrism; each gets clips of its own frame count, size and
+normalisation):
 1. ``evaluate``: top-1/top-5 on original, shuffled and reversed clips, per class and class group;
 2. the per-block temporal-order probe (``probe.py``);
 3. the confidence-gap histogram (``confidence.py``);
@@ -37,7 +39,7 @@ def build_dataset(loaded: LoadedModel, root: str | Path, format: str | None, *, 
     fmt = format or loaded.data_format or "ssv2"
     return build_video_dataset(root, fmt, split, train=False, limit=limit, num_frames=loaded.num_frames,
                                img_size=loaded.img_size, mean=loaded.mean, std=loaded.std, views=views,
-                               crops=crops)
+                               crops=crops, short_side=loaded.short_side)
 
 
 def build_eval_loader(loaded: LoadedModel, root: str | Path, format: str | None, *, split: str, views: int = 1,
@@ -174,8 +176,9 @@ def run_audit(model_paths: list[str], data: str | None, out: str | Path, *, name
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True,
-                        help="run directory, checkpoint .safetensors or Hugging Face TimeSformer/VideoMAE "
-                             "directory; repeat for a side-by-side report")
+                        help="run directory, checkpoint .safetensors, export folder, or a Hugging Face video "
+                             "classifier folder / Hub id (TimeSformer, VideoMAE, ViViT, V-JEPA 2, VideoPrism); "
+                             "repeat for a side-by-side report")
     parser.add_argument("--names", nargs="+", default=None, help="display names, one per --model")
     parser.add_argument("--data", default=None, help="dataset directory (default: the first run's)")
     parser.add_argument("--format", default=None, help="dataset format (default: the run's, else ssv2)")

@@ -47,7 +47,8 @@ class VideoDataset(Dataset):
                  randaugment: str = "", flip: bool = False, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), views: int = 1, crops: int = 1, seed: int = 0,
                  label_fn: LabelFn | None = None, max_fail_ratio: float = 0.2, min_attempts: int = 50,
-                 max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 1):
+                 max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 1,
+                 short_side: int = 0):
         if not records:
             raise ValueError("VideoDataset needs at least one record")
         if sampling not in SAMPLINGS:
@@ -73,6 +74,7 @@ class VideoDataset(Dataset):
         self.seed, self.label_fn = seed, label_fn
         self.max_fail_ratio, self.min_attempts, self.max_substitutes = max_fail_ratio, min_attempts, max_substitutes
         self.backend, self.decode_threads = backend, decode_threads
+        self.short_side = short_side          # eval: resize the short side to this, then crop (0 = img_size)
         self.epoch = 0
         # per instance (= per DataLoader worker) state
         self.attempts = 0
@@ -155,7 +157,8 @@ class VideoDataset(Dataset):
         if self.train:
             geometry = train_geometry(h, w, img_size=self.img_size, scale=self.scale, flip=self.flip, rng=rng)
         else:
-            geometry = eval_geometry(h, w, img_size=self.img_size, crop_index=crop_index, num_crops=self.crops)
+            geometry = eval_geometry(h, w, img_size=self.img_size, crop_index=crop_index, num_crops=self.crops,
+                                     short_side=self.short_side)
         clip = apply_geometry(clip, geometry)  # (T, C, img, img) uint8
         sample = {
             "video": normalize(clip, self.mean, self.std),  # (T, C, H, W) float32

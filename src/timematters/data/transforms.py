@@ -46,16 +46,20 @@ def train_geometry(h: int, w: int, *, img_size: int, scale: tuple[int, int], fli
             "out_size": [img_size, img_size]}
 
 
-def eval_geometry(h: int, w: int, *, img_size: int, crop_index: int = 1, num_crops: int = 1) -> dict:
-    """Short side -> ``img_size`` (PySlowFast's test scale), then the centre crop (``num_crops`` = 1) or
-    crop ``crop_index`` of three along the long side: 0 = left/top, 1 = centre, 2 = right/bottom."""
+def eval_geometry(h: int, w: int, *, img_size: int, crop_index: int = 1, num_crops: int = 1,
+                  short_side: int = 0) -> dict:
+    """Short side -> ``short_side`` (default ``img_size``, PySlowFast's test scale; a Hugging Face processor
+    may resize larger first), then the centre crop (``num_crops`` = 1) or crop ``crop_index`` of three along
+    the long side: 0 = left/top, 1 = centre, 2 = right/bottom."""
     if num_crops not in (1, 3):
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
     if num_crops == 1:
         crop_index = 1
     elif not 0 <= crop_index < 3:
         raise ValueError(f"crop_index must be 0, 1 or 2, got {crop_index}")
-    sh, sw, s = _scaled_size(h, w, img_size)
+    if short_side and short_side < img_size:
+        raise ValueError(f"short_side {short_side} is smaller than the crop {img_size}")
+    sh, sw, s = _scaled_size(h, w, short_side or img_size)
     def offset(length: int, k: int) -> int:  # start of crop k along one axis; centre rounds up (PySlowFast)
         return [0, math.ceil((length - img_size) / 2), length - img_size][k]
 

@@ -327,7 +327,9 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint .safetensors file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory, checkpoint .safetensors, export folder, or a Hugging Face video "
+                             "classifier folder / Hub id")
     parser.add_argument("--data", default=None, help="dataset directory (default: the one the run was trained on)")
     parser.add_argument("--format", default=None, help="dataset format (default: the run's)")
     parser.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
@@ -376,7 +378,10 @@ def main(args: argparse.Namespace) -> int:
     from timematters.audit.audit import build_eval_loader
 
     device = resolve_device(args.device)
-    loaded = load_any(args.checkpoint, device=device)
+    try:
+        loaded = load_any(args.checkpoint, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"timematters eval: error: {e}") from None
     data_root = args.data or loaded.data_root
     if not data_root:
         raise SystemExit(f"eval: {args.checkpoint} does not name its dataset; pass --data DIR")

@@ -302,14 +302,11 @@ def time_task_probe(task: str, train_x: torch.Tensor, train_y: torch.Tensor, tes
 # ============================================================================ loading
 def load_backbone(checkpoint: str, device: torch.device, *, random_init: bool = False,
                   seed: int = 0) -> tuple[nn.Module, dict]:
-    """The run's backbone and spec; with ``random_init`` the same architecture with fresh weights."""
-    from ..engine.checkpoint import load_model, read_spec
-    if not random_init:
-        return load_model(checkpoint, device)
-    from ..models import create_model
-    spec = read_spec(checkpoint)
-    torch.manual_seed(seed)
-    return create_model(spec["name"], **spec["create_kwargs"]).to(device).eval(), spec
+    """The backbone and its ``pretrained_cfg`` (frames, size, mean/std, data) from a run, an export folder, a
+    Hugging Face folder or a Hub id; with ``random_init`` the same architecture with fresh weights."""
+    from ..models.hf import from_pretrained
+    model = from_pretrained(checkpoint, device=device, random_init=random_init, seed=seed)
+    return model, model.pretrained_cfg
 
 
 def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: bool, num_frames: int,
@@ -323,7 +320,7 @@ def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: boo
     dataset, class_names = build_video_dataset(
         root, fmt, split, train=train, limit=args.limit, num_frames=num_frames, img_size=size,
         sampling=sampling, stride=stride, scale=(size, max(size, round(size * 1.25))), mean=spec["mean"],
-        std=spec["std"], views=views, seed=args.seed)
+        std=spec["std"], views=views, seed=args.seed, short_side=spec.get("short_side", 0))
     loader = DataLoader(dataset, batch_size=batch_size or args.batch_size, shuffle=train,
                         num_workers=args.num_workers, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.seed) if train else None)
@@ -364,7 +361,9 @@ def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dic
 
 # ============================================================================ CLI
 def _common(p: argparse.ArgumentParser, *, views: int, epochs: int, lr: float, batch_size: int) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, .safetensors file, export folder, or a Hugging Face video classifier "
+                        "folder / Hub id")
     p.add_argument("--data", default="", help="dataset root (default: the checkpoint's training data)")
     p.add_argument("--format", default="", help="annotation format (default: the checkpoint's)")
     p.add_argument("--train-split", default="train")

@@ -103,38 +103,82 @@ def official_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return strip_prefix(sd, "model.")
 
 
-_HF_RULES = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.time_embeddings$", "time_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.qkv\.", r"blocks.\1.attn.qkv."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.temporal_attention\.attention\.qkv\.", r"blocks.\1.temporal_attn.qkv."),
-    (r"^encoder\.layer\.(\d+)\.temporal_attention\.output\.dense\.", r"blocks.\1.temporal_attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.temporal_dense\.", r"blocks.\1.temporal_fc."),
-    (r"^encoder\.layer\.(\d+)\.temporal_layernorm\.", r"blocks.\1.temporal_norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
+# Hugging Face TimeSformer name <-> ours, both directions from one table. ``{i}`` is a block index; a name
+# ending in "." is a prefix (``weight`` / ``bias`` follow), any other name is a whole tensor name.
+_HF_TIMESFORMER_NAMES = [
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.time_embeddings", "time_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.{i}.attention.attention.qkv.", "blocks.{i}.attn.qkv."),
+    ("encoder.layer.{i}.attention.output.dense.", "blocks.{i}.attn.proj."),
+    ("encoder.layer.{i}.temporal_attention.attention.qkv.", "blocks.{i}.temporal_attn.qkv."),
+    ("encoder.layer.{i}.temporal_attention.output.dense.", "blocks.{i}.temporal_attn.proj."),
+    ("encoder.layer.{i}.temporal_dense.", "blocks.{i}.temporal_fc."),
+    ("encoder.layer.{i}.temporal_layernorm.", "blocks.{i}.temporal_norm1."),
+    ("encoder.layer.{i}.layernorm_before.", "blocks.{i}.norm1."),
+    ("encoder.layer.{i}.layernorm_after.", "blocks.{i}.norm2."),
+    ("encoder.layer.{i}.intermediate.dense.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layer.{i}.output.dense.", "blocks.{i}.mlp.fc2."),
+    ("layernorm.", "norm."),
+    ("classifier.", "head."),
 ]
 
 
-def hf_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` -> ours."""
+def _rules(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[re.Pattern, str]]:
+    """(pattern, replacement) regex rules from a name table, HF -> ours or (``reverse``) ours -> HF."""
+    out = []
+    for a, b in pairs:
+        src, dst = (b, a) if reverse else (a, b)
+        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + ("" if src.endswith(".") else "$")
+        out.append((re.compile(pattern), dst.replace("{i}", r"\1")))
+    return out
+
+
+_HF_TO_OURS = _rules(_HF_TIMESFORMER_NAMES)
+_OURS_TO_HF = _rules(_HF_TIMESFORMER_NAMES, reverse=True)
+
+
+def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
     out = {}
-    for k, v in strip_prefix(sd, "timesformer.").items():
-        for pattern, repl in _HF_RULES:
-            new, n = re.subn(pattern, repl, k)
+    for k, v in sd.items():
+        for pattern, repl in rules:
+            new, n = pattern.subn(repl, k)
             if n:
                 out[new] = v
                 break
         else:
-            raise ValueError(f"Hugging Face TimeSformer weights: unknown tensor {k!r}")
+            raise ValueError(f"{what}: unknown tensor {k!r}")
     return out
+
+
+def hf_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` -> ours."""
+    return _rename(strip_prefix(sd, "timesformer."), _HF_TO_OURS, "Hugging Face TimeSformer weights")
+
+
+def ours_to_hf_timesformer(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Ours -> Hugging Face ``TimesformerForVideoClassification`` (the inverse of :func:`hf_timesformer_to_ours`):
+    the backbone under ``timesformer.``, the head as ``classifier``."""
+    out = _rename(sd, _OURS_TO_HF, "timematters TimeSformer weights")
+    return {k if k.startswith("classifier.") else f"timesformer.{k}": v for k, v in out.items()}
+
+
+def timesformer_to_hf_config(model: nn.Module, class_names: list[str]) -> dict:
+    """``TimesformerConfig`` arguments describing a timematters TimeSformer (the inverse of
+    :func:`hf_config_to_kwargs`), read from the built model."""
+    h, w = model.img_size
+    if h != w:
+        raise ValueError(f"transformers' TimeSformer takes square inputs; this model takes {h}x{w}")
+    block = model.blocks[0]
+    return dict(
+        image_size=h, patch_size=model.patch_size, num_channels=model.patch_embed.proj.in_channels,
+        num_frames=model.num_frames, hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads, intermediate_size=block.mlp.fc1.out_features,
+        hidden_act="gelu", qkv_bias=block.attn.qkv.bias is not None, layer_norm_eps=model.norm.eps,
+        attention_type="divided_space_time", num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)), label2id={n: i for i, n in enumerate(class_names)},
+    )
 
 
 def jax_vit_to_timm(w: Mapping[str, np.ndarray]) -> StateDict:
