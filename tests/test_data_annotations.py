@@ -119,12 +119,31 @@ def test_kinetics_malformed(tmp_path, content, match):
 # ------------------------------------------------------------------------------------------------ list
 def test_path_label_list(tmp_path):
     (tmp_path / "train.csv").write_text("videos/a.mp4 0\nvideos/b c.mp4 2\n\n/abs/d.webm,1\n")
-    records, classes = read_annotations(tmp_path, "list", "train")
+    records, classes = read_annotations(tmp_path, "list", "train", allow_outside_root=True)
     assert [(r.path, r.label) for r in records] == [
         (tmp_path / "videos" / "a.mp4", 0), (tmp_path / "videos" / "b c.mp4", 2), (Path("/abs/d.webm"), 1)]
     assert classes == ["0", "1", "2"]
     # the list file itself as root
-    assert len(read_annotations(tmp_path / "train.csv", "list", "whatever")[0]) == 3
+    assert len(read_annotations(tmp_path / "train.csv", "list", "whatever", allow_outside_root=True)[0]) == 3
+    with pytest.raises(AnnotationError, match=r"train\.csv: line 4: video /abs/d\.webm is outside the dataset root"
+                                              r".*data\.allow_outside_root"):
+        read_annotations(tmp_path, "list", "train")
+
+
+def test_list_splits_share_the_training_classes(tmp_path):
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 3\n")
+    (tmp_path / "val.txt").write_text("c.mp4 1\n")
+    records, classes = read_annotations(tmp_path, "list", "val")
+    assert classes == ["0", "1", "2", "3"] and records[0].label == 1  # the class count of the training list
+    (tmp_path / "val.txt").write_text("c.mp4 1\n# comment\nd.mp4 4\n")
+    with pytest.raises(AnnotationError, match=r"val\.txt: line 3: label 4 is outside 0\.\.3 .*train\.txt"):
+        read_annotations(tmp_path, "list", "val")
+    (tmp_path / "val.txt").write_text("c.mp4 -1\n")
+    with pytest.raises(AnnotationError, match=r"val\.txt: line 1: label -1 is outside"):
+        read_annotations(tmp_path, "list", "val")
+    (tmp_path / "classes.txt").write_text("run\njump\nsit\nstand\nwave\n")  # a labels file names the classes
+    (tmp_path / "val.txt").write_text("d.mp4 4\n")
+    assert read_annotations(tmp_path, "list", "val")[1] == ["run", "jump", "sit", "stand", "wave"]
 
 
 def test_path_label_list_malformed(tmp_path):
@@ -204,6 +223,57 @@ def test_folder_per_class(tmp_path):
     assert [r.label for r in read_annotations(flat, "folder", "all")[0]] == [0]
     with pytest.raises(AnnotationError, match="no folder validation/"):
         read_annotations(tmp_path, "folder", "validation")
+
+
+def test_folder_splits_share_the_training_classes(tmp_path):
+    for cls in ("cat", "dog", "emu"):
+        _touch(tmp_path / "train" / cls / f"{cls}1.mp4")
+    _touch(tmp_path / "val" / "dog" / "d2.mp4")          # validation lacks "cat": labels must not shift
+    _touch(tmp_path / "val" / "emu" / "e2.mp4")
+    records, classes = read_annotations(tmp_path, "folder", "val")
+    assert classes == ["cat", "dog", "emu"] and [r.label for r in records] == [1, 2]
+    _touch(tmp_path / "val" / "fox" / "f2.mp4")          # a class training never saw
+    with pytest.raises(AnnotationError, match=r"val/fox: class folder 'fox' is not among the 3 classes of the "
+                                              r"class folders of .*train"):
+        read_annotations(tmp_path, "folder", "val")
+    (tmp_path / "classes.txt").write_text("emu\ndog\ncat\nfox\n")  # a labels file fixes names and order
+    records, classes = read_annotations(tmp_path, "folder", "val")
+    assert classes == ["emu", "dog", "cat", "fox"] and [r.label for r in records] == [1, 0, 3]
+    (tmp_path / "classes.txt").write_text("emu\ndog\nemu\n")
+    with pytest.raises(AnnotationError, match=r"classes\.txt: line 3: class 'emu' is listed twice"):
+        read_annotations(tmp_path, "folder", "val")
+
+
+def test_folder_entry_outside_the_root_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere" / "x.mp4"
+    _touch(outside)
+    root = tmp_path / "data"
+    _touch(root / "train" / "cat" / "a.mp4")
+    (root / "train" / "cat" / "b.mp4").symlink_to(outside)
+    with pytest.raises(AnnotationError, match=r"train/cat: video .*b\.mp4 is outside the dataset root .*"
+                                              r"\(it resolves to .*elsewhere/x\.mp4\)"):
+        read_annotations(root, "folder", "train")
+    assert len(read_annotations(root, "folder", "train", allow_outside_root=True)[0]) == 2
+    (root / "train.txt").write_text("train/cat/a.mp4 0\n../elsewhere/x.mp4 0\n")
+    with pytest.raises(AnnotationError, match=r"train\.txt: line 2: video .* is outside the dataset root"):
+        read_annotations(root, "list", "train")
+
+
+@pytest.mark.parametrize("fmt", ["list", "ssv2", "ucf101"])
+def test_non_utf8_annotation_names_the_file_and_line(tmp_path, fmt):
+    if fmt == "list":
+        bad = tmp_path / "train.txt"
+        bad.write_bytes("a.mp4 0\ncaf\u00e9.mp4 0\n".encode("latin-1"))
+    elif fmt == "ssv2":
+        _ssv2(tmp_path, in_labels_dir=False)
+        bad = tmp_path / "something-something-v2-train.json"
+        bad.write_bytes(b'[{"id": "1",\n "template": "caf\xe9"}]')
+    else:
+        _ucf(tmp_path, "ApplyEyeMakeup/v_a.avi\n")
+        bad = tmp_path / "ucfTrainTestlist" / "classInd.txt"
+        bad.write_bytes(b"1 ApplyEyeMakeup\n2 Arch\xe9ry\n")
+    with pytest.raises(AnnotationError, match=rf"{bad.name}: line 2: not UTF-8 text \(byte 0xe9"):
+        read_annotations(tmp_path, fmt, "train")
 
 
 def test_unknown_format_and_root(tmp_path):

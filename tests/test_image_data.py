@@ -47,8 +47,19 @@ def test_class_names_fix_the_labels(tmp_path):
     write_folder(tmp_path, split="val", classes=("dog",))
     ds, names = build(tmp_path, "val", class_names=["cat", "dog"])
     assert names == ["cat", "dog"] and {ds[i]["label"] for i in range(len(ds))} == {1}
-    with pytest.raises(ImageDataError, match="not among the model's classes"):
+    with pytest.raises(ImageDataError, match="not among the 2 classes of the given class list"):
         build(tmp_path, "val", class_names=["cat", "bird"])
+
+
+def test_validation_maps_onto_the_training_classes(tmp_path):
+    write_folder(tmp_path, split="train", classes=("cat", "dog", "emu"), per_class=1)
+    write_folder(tmp_path, split="val", classes=("dog", "emu"), per_class=1)   # no "cat": labels must not shift
+    ds, names = build(tmp_path, "val", train=False)
+    assert names == ["cat", "dog", "emu"] and [ds[i]["label"] for i in range(len(ds))] == [1, 2]
+    write_folder(tmp_path, split="val", classes=("fox",), per_class=1)
+    with pytest.raises(ImageDataError, match=r"val/fox: class folder\(s\) \['fox'\] are not among the 3 classes "
+                                             r"of the class folders of .*train"):
+        build(tmp_path, "val", train=False)
 
 
 def test_missing_or_empty_folders_are_named(tmp_path):

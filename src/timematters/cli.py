@@ -54,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     known = {name for name, _, _ in COMMANDS}
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in known else None).parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:  # a data error is one readable line naming the file, not a traceback
+        from timematters.data import AnnotationError, TooManyFailures
+        if not isinstance(e, (AnnotationError, TooManyFailures)):
+            raise
+        print(f"timematters {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     num_workers: int = 2
-    max_fail_ratio: float = 0.2        # stop with an error when more than this share of videos fail
+    max_fail_ratio: float = 0.2        # stop with an error when more than this share of video loads fail (per pass)
+    allow_outside_root: bool = False   # accept annotation entries that resolve outside data.root
     val_views: int = 1                 # temporal views at eval
     val_crops: int = 1                 # spatial crops at eval (1 = centre, 3 = left/centre/right)
 

@@ -37,7 +37,9 @@ def build_dataset(loaded: LoadedModel, root: str | Path, format: str | None, *, 
     from timematters.data.dataset import build_video_dataset
 
     fmt = format or loaded.data_format or "ssv2"
-    return build_video_dataset(root, fmt, split, train=False, limit=limit, num_frames=loaded.num_frames,
+    outside = bool(((loaded.spec or {}).get("data") or {}).get("allow_outside_root", False))
+    return build_video_dataset(root, fmt, split, train=False, limit=limit, allow_outside_root=outside,
+                               num_frames=loaded.num_frames,
                                img_size=loaded.img_size, mean=loaded.mean, std=loaded.std, views=views,
                                crops=crops, short_side=loaded.short_side)
 
@@ -53,12 +55,14 @@ def build_eval_loader(loaded: LoadedModel, root: str | Path, format: str | None,
     return loader, class_names
 
 
-def pick_gradcam_videos(dataset, class_names: list[str], groups: dict[str, list[str]], count: int) -> list[int]:
-    """Up to ``count`` video indices, one per class, temporal-group classes first, in dataset order."""
+def pick_gradcam_videos(dataset, class_names: list[str], groups: dict[str, list[str]], count: int,
+                        skip: set[str] = frozenset()) -> list[int]:
+    """Up to ``count`` video indices, one per class, temporal-group classes first, in dataset order; videos
+    whose path is in ``skip`` (those that failed to load) are never picked."""
     temporal = {c for g, names in groups.items() if "temporal" in g.lower() for c in names}
     first: dict[int, int] = {}
     for i, rec in enumerate(dataset.records):
-        if rec.label >= 0 and rec.label not in first:
+        if rec.label >= 0 and rec.label not in first and str(rec.path) not in skip:
             first[rec.label] = i
     order = sorted(first, key=lambda c: (class_names[c] not in temporal, first[c]))
     return sorted(first[c] for c in order[:count])
@@ -103,10 +107,12 @@ def run_audit(model_paths: list[str], data: str | None, out: str | Path, *, name
         if class_names_ref is None:
             class_names_ref = class_names
             class_groups = resolve_groups(groups, class_names, data_root)
-            gradcam_idx = pick_gradcam_videos(loader.dataset, class_names, class_groups, gradcam_videos)
         classify = loaded.model_for(class_names)
         ev = evaluate(classify, loader, device=dev, shuffles=shuffles, seed=seed, amp_dtype=amp_dtype,
                       class_groups=class_groups, class_names=class_names, per_sample=True)
+        if not models:  # the first model picks the GradCAM videos among those that loaded
+            failed = {f["path"] for f in ev["failed"]}
+            gradcam_idx = pick_gradcam_videos(loader.dataset, class_names, class_groups, gradcam_videos, failed)
         per_sample = ev.pop("per_sample")
         log(f"[{name}] top1 {ev['top1']:.1f}  shuffled {ev.get('shuffled_top1', float('nan')):.1f}  "
             f"reversed {ev.get('reversed_top1', float('nan')):.1f}")

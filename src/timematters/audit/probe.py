@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timematters.data.dataset import LoadFailures
 from timematters.utils import torch_rng_for
 
 
@@ -26,8 +27,9 @@ def block_features(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, dev
     model.eval()
     per_block: list[list[torch.Tensor]] | None = None
     seen = 0
+    failures = LoadFailures()              # unreadable videos are left out (and named in one line)
     try:
-        for batch in loader:
+        for batch in failures.track(loader):
             video = batch["video"].to(device, non_blocking=True)
             if max_clips is not None:
                 video = video[: max_clips - seen]
@@ -48,6 +50,7 @@ def block_features(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, dev
                 break
     finally:
         model.train(was_training)
+    failures.finish()
     if per_block is None:
         raise ValueError("order probe: the loader yielded no batches")
     return [torch.cat(store) for store in per_block]

@@ -14,10 +14,18 @@ One entry point, ``read_annotations(root, format, split)``. Formats:
   the dataset reports it as missing. Classes: the sorted labels of all CSVs in that folder.
 - ``list``: PySlowFast's ``path label`` lines (space or comma separated), file ``<root>/<split>.csv`` or
   ``.txt`` (or ``root`` itself when it is a file); relative paths are relative to the list's folder.
+  Classes: the lines of ``classes.txt`` beside the lists (line i names label i) or else ``0..K-1`` with K
+  from the training list (``train.csv`` / ``train.txt``); a negative label or one >= K is an error.
 - ``ucf101``: ``classInd.txt`` + ``trainlist0N.txt`` / ``testlist0N.txt``; split ``train``/``test``
   (fold 1) or ``train2``, ``test3``...; ``validation``/``val`` mean the test list.
 - ``hmdb51``: ``<class>_test_split<N>.txt`` files with ``<video> <0|1|2>`` (1 = train, 2 = test, 0 = unused).
 - ``folder``: ``<root>/<split>/<class>/<video>`` (or ``<root>/<class>/<video>`` with split ``all``).
+  Classes: the lines of ``<root>/classes.txt``, or else the class folders of ``<root>/train/``, so every
+  split gets the same labels; a class folder of another split that is not among them is an error.
+
+One class list per dataset. Every file is read as UTF-8 (a non-UTF-8 file is an error naming the file
+and line). Every video path must resolve inside the dataset root (symbolic links followed): an entry
+outside it is an error unless ``allow_outside_root=True`` (``data.allow_outside_root``).
 
 Malformed annotation files raise ``AnnotationError`` at once, naming the file, the entry (line number or
 JSON index) and what was expected.
@@ -25,6 +33,7 @@ JSON index) and what was expected.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -46,9 +55,14 @@ class VideoRecord:
     label: int                      # -1 when the split has no labels
     video_id: str
     extra: dict = field(default_factory=dict)
+    where: str = ""                 # the annotation entry it came from ("file: line N"), for error messages
 
 
-def read_annotations(root: str | Path, format: str, split: str) -> tuple[list[VideoRecord], list[str]]:
+CLASSES_FILE = "classes.txt"     # optional class list (one name per line) of the folder and list formats
+
+
+def read_annotations(root: str | Path, format: str, split: str, *,
+                     allow_outside_root: bool = False) -> tuple[list[VideoRecord], list[str]]:
     """Read the ``split`` of the dataset at ``root`` in ``format`` (see the module docstring)."""
     readers = {"ssv2": read_ssv2, "kinetics": read_kinetics, "list": read_list,
                "ucf101": read_ucf101, "hmdb51": read_hmdb51, "folder": read_folder}
@@ -57,7 +71,56 @@ def read_annotations(root: str | Path, format: str, split: str) -> tuple[list[Vi
     root = Path(root)
     if not root.exists():
         raise AnnotationError(f"{root}: dataset root does not exist")
-    return readers[format](root, split)
+    records, class_names = readers[format](root, split)
+    if not allow_outside_root:
+        refuse_outside_root(records, root.parent if root.is_file() else root)
+    return records, class_names
+
+
+def refuse_outside_root(records: list[VideoRecord], root: Path) -> None:
+    """AnnotationError for the first record whose path (symbolic links followed) is not under ``root``."""
+    real_root = Path(os.path.realpath(root))
+    real_dirs: dict[Path, Path] = {}      # parent folder -> its real path (videos share a few folders)
+    for r in records:
+        parent = r.path.parent
+        if parent not in real_dirs:
+            real_dirs[parent] = Path(os.path.realpath(parent))
+        real = Path(os.path.realpath(r.path)) if r.path.is_symlink() else real_dirs[parent] / r.path.name
+        if not real.is_relative_to(real_root):
+            via = f" (it resolves to {real})" if real != r.path else ""
+            raise AnnotationError(f"{r.where or r.path}: video {r.path} is outside the dataset root {real_root}"
+                                  f"{via}; set data.allow_outside_root=true (data check: --allow-outside-root) "
+                                  "if this layout is intended")
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text (a leading BOM dropped); AnnotationError naming the file and line otherwise."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AnnotationError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                              f"{e.start}); re-save the file as UTF-8") from None
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped line) of a text file, empty lines and ``#`` comments left out."""
+    return [(i, line.strip()) for i, line in enumerate(read_text(path).splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def read_class_file(path: Path) -> list[str]:
+    """``classes.txt``: one class name per line (line order = label index), each name once."""
+    names = [line for _, line in _lines(path)]
+    if not names:
+        raise AnnotationError(f"{path}: no class names")
+    seen: set[str] = set()
+    for line_no, name in _lines(path):
+        if name in seen:
+            raise AnnotationError(f"{path}: line {line_no}: class {name!r} is listed twice")
+        seen.add(name)
+    return names
 
 
 def available_splits(root: str | Path, format: str) -> list[str]:
@@ -92,6 +155,42 @@ def available_splits(root: str | Path, format: str) -> list[str]:
     raise ValueError(f"unknown annotation format {format!r}; expected one of {FORMATS}")
 
 
+def detect_format(root: str | Path) -> tuple[str, str]:
+    """Guess the layout of ``root``: (format, the evidence, e.g. the file that gave it away).
+
+    Tried in order: SSv2 JSON files, Kinetics CSVs (a ``youtube_id`` column), UCF101 ``classInd.txt``,
+    HMDB51 ``*_test_split*.txt``, ``path label`` lists (``train.csv``/``.txt``, ...), folder per class."""
+    root = Path(root)
+    if not root.exists():
+        raise AnnotationError(f"{root}: dataset root does not exist")
+    if root.is_file():
+        return "list", f"{root} is a file"
+    for name in ("labels", "train", "validation"):
+        found = _ssv2_file(root, name, required=False)
+        if found:
+            return "ssv2", str(found)
+    folder = _first_dir_with(root, ("", "annotations"), "*.csv")
+    for csv_path in sorted(folder.glob("*.csv")) if folder else []:
+        header = read_text(csv_path).split("\n", 1)[0]
+        if "youtube_id" in header:
+            return "kinetics", f"{csv_path} (a youtube_id column)"
+    folder = _first_dir_with(root, ("", "ucfTrainTestlist", "splits", "annotations"), "classInd.txt")
+    if folder:
+        return "ucf101", str(folder / "classInd.txt")
+    folder = _first_dir_with(root, _HMDB_SPLIT_DIRS, "*_test_split*.txt")
+    if folder:
+        return "hmdb51", f"{next(folder.glob('*_test_split*.txt'))} (and the other split files)"
+    lists = [p for s in ("train", "val", "validation", "test") if (p := _list_file(root, s))]
+    if lists:
+        return "list", f"{lists[0]} ('path label' lines)"
+    for base in [root / s for s in ("train", "val", "validation", "test") if (root / s).is_dir()] or [root]:
+        for d in sorted(base.iterdir()):
+            if d.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS for p in d.rglob("*")):
+                return "folder", f"class folders with videos, e.g. {d}"
+    raise AnnotationError(f"{root}: cannot tell the dataset layout (no SSv2 JSON, Kinetics CSV, UCF101 classInd.txt, "
+                          "HMDB51 split files, train.csv/.txt list, or class folders with videos); pass --format")
+
+
 # --------------------------------------------------------------------------------------------------
 # Something-Something-v2
 def _ssv2_file(root: Path, name: str, required: bool = True) -> Path | None:
@@ -106,8 +205,7 @@ def _ssv2_file(root: Path, name: str, required: bool = True) -> Path | None:
 
 def _load_json(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
@@ -165,7 +263,7 @@ def read_ssv2(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
         else:
             raise AnnotationError(f"{where} (id {vid}): expected a 'template' key in a labelled split")
         extra = {k: entry[k] for k in ("label", "template", "placeholders") if k in entry}
-        records.append(VideoRecord(video_dir / f"{vid}.webm", label, vid, extra))
+        records.append(VideoRecord(video_dir / f"{vid}.webm", label, vid, extra, where))
     return records, class_names
 
 
@@ -190,7 +288,7 @@ def _index_videos(root: Path) -> dict[str, Path]:
 
 
 def _kinetics_rows(path: Path) -> list[tuple[int, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         missing = [c for c in ("youtube_id", "time_start", "time_end") if c not in columns]
@@ -235,7 +333,7 @@ def read_kinetics(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]
         path = next((files[f"{s}{ext}"] for s in (stem, yid) for ext in VIDEO_EXTENSIONS if f"{s}{ext}" in files),
                     root / split / name / f"{stem}.mp4")
         records.append(VideoRecord(path, label, stem, {"youtube_id": yid, "time_start": start, "time_end": end,
-                                                        "label_name": name}))
+                                                        "label_name": name}, where))
     return records, class_names
 
 
@@ -244,32 +342,49 @@ def read_kinetics(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]
 _LIST_LINE = re.compile(r"(.+?)[\s,]+(-?\d+)")
 
 
+def _list_file(folder: Path, split: str) -> Path | None:
+    return next((folder / f"{split}{ext}" for ext in (".csv", ".txt") if (folder / f"{split}{ext}").is_file()), None)
+
+
+def _parse_list(list_path: Path) -> list[VideoRecord]:
+    """The ``path label`` lines of one list file (labels not yet checked against the classes)."""
+    base = list_path.parent
+    records = []
+    for line_no, line in _lines(list_path):
+        m = _LIST_LINE.fullmatch(line)
+        if m is None:
+            raise AnnotationError(f"{list_path}: line {line_no}: expected 'path label' (space or comma "
+                                  f"separated, integer label), got {line[:80]!r}")
+        path = Path(m.group(1).strip())
+        records.append(VideoRecord(path if path.is_absolute() else base / path, int(m.group(2)), path.stem, {},
+                                   f"{list_path}: line {line_no}"))
+    if not records:
+        raise AnnotationError(f"{list_path}: no entries")
+    return records
+
+
 def read_list(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
     if root.is_file():
         list_path = root
     else:
-        list_path = next((root / f"{split}{ext}" for ext in (".csv", ".txt") if (root / f"{split}{ext}").is_file()),
-                         None)
+        list_path = _list_file(root, split)
         if list_path is None:
             raise AnnotationError(f"{root}: no {split}.csv or {split}.txt list file")
-    base = list_path.parent
-    records = []
-    with open(list_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            m = _LIST_LINE.fullmatch(line)
-            if m is None:
-                raise AnnotationError(f"{list_path}: line {line_no}: expected 'path label' (space or comma "
-                                      f"separated, integer label), got {line[:80]!r}")
-            path = Path(m.group(1).strip())
-            records.append(VideoRecord(path if path.is_absolute() else base / path, int(m.group(2)),
-                                       path.stem, {}))
-    if not records:
-        raise AnnotationError(f"{list_path}: no entries")
-    num = max(r.label for r in records) + 1
-    return records, [str(i) for i in range(num)]
+    records = _parse_list(list_path)
+    folder = list_path.parent
+    if (folder / CLASSES_FILE).is_file():
+        class_names = read_class_file(folder / CLASSES_FILE)
+        source = f"{folder / CLASSES_FILE}"
+    else:  # the training list fixes the class count, so every split has the same classes
+        train_path = _list_file(folder, "train") or list_path
+        train = records if train_path == list_path else _parse_list(train_path)
+        class_names = [str(i) for i in range(max(max(r.label for r in train) + 1, 1))]
+        source = f"the training list {train_path.name}"
+    for r in records:
+        if not 0 <= r.label < len(class_names):
+            raise AnnotationError(f"{r.where}: label {r.label} is outside 0..{len(class_names) - 1} "
+                                  f"({len(class_names)} classes from {source})")
+    return records, class_names
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,14 +412,11 @@ def read_ucf101(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
         raise AnnotationError(f"{root}: no classInd.txt at the root or in ucfTrainTestlist/")
     class_ind = folder / "classInd.txt"
     indexed: dict[int, str] = {}
-    with open(class_ind, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not parts[0].isdigit():
-                raise AnnotationError(f"{class_ind}: line {line_no}: expected '<index> <ClassName>', got {line.strip()!r}")
-            indexed[int(parts[0])] = parts[1]
+    for line_no, line in _lines(class_ind):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise AnnotationError(f"{class_ind}: line {line_no}: expected '<index> <ClassName>', got {line.strip()!r}")
+        indexed[int(parts[0])] = parts[1]
     if sorted(indexed) != list(range(1, len(indexed) + 1)):
         raise AnnotationError(f"{class_ind}: class indices must be 1..{len(indexed)}, each once")
     class_names = [indexed[i] for i in range(1, len(indexed) + 1)]
@@ -314,23 +426,20 @@ def read_ucf101(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
         raise AnnotationError(f"{folder}: no {list_path.name} for split {split!r}")
     base = _video_base(root, ("UCF-101", "UCF101", "videos", ""), class_names[0])
     records = []
-    with open(list_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            where = f"{list_path}: line {line_no}"
-            rel = parts[0]
-            cls = rel.split("/")[0]
-            if "/" not in rel or cls not in class_to_idx:
-                raise AnnotationError(f"{where}: expected '<ClassName>/<video>' with a class from classInd.txt, "
-                                      f"got {rel!r}")
-            label = class_to_idx[cls]
-            if len(parts) > 1:
-                if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) - 1 != label:
-                    raise AnnotationError(f"{where}: expected the 1-based index of {cls} "
-                                          f"({label + 1}) after the path, got {' '.join(parts[1:])!r}")
-            records.append(VideoRecord(base / rel, label, Path(rel).stem, {}))
+    for line_no, line in _lines(list_path):
+        parts = line.split()
+        where = f"{list_path}: line {line_no}"
+        rel = parts[0]
+        cls = rel.split("/")[0]
+        if "/" not in rel or cls not in class_to_idx:
+            raise AnnotationError(f"{where}: expected '<ClassName>/<video>' with a class from classInd.txt, "
+                                  f"got {rel!r}")
+        label = class_to_idx[cls]
+        if len(parts) > 1:
+            if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) - 1 != label:
+                raise AnnotationError(f"{where}: expected the 1-based index of {cls} "
+                                      f"({label + 1}) after the path, got {' '.join(parts[1:])!r}")
+        records.append(VideoRecord(base / rel, label, Path(rel).stem, {}, where))
     return records, class_names
 
 
@@ -349,20 +458,30 @@ def read_hmdb51(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
     marker = "1" if kind == "train" else "2"
     records = []
     for label, (cls, path) in enumerate(zip(class_names, split_files)):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                    raise AnnotationError(f"{path}: line {line_no}: expected '<video> <0|1|2>', got {line.strip()!r}")
-                if parts[1] == marker:
-                    records.append(VideoRecord(base / cls / parts[0], label, Path(parts[0]).stem, {}))
+        for line_no, line in _lines(path):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise AnnotationError(f"{path}: line {line_no}: expected '<video> <0|1|2>', got {line.strip()!r}")
+            if parts[1] == marker:
+                records.append(VideoRecord(base / cls / parts[0], label, Path(parts[0]).stem, {},
+                                           f"{path}: line {line_no}"))
     return records, class_names
 
 
 # --------------------------------------------------------------------------------------------------
 # folder per class
+def folder_classes(root: Path, base: Path) -> tuple[list[str], str]:
+    """The class list of a folder-per-class dataset and where it comes from: ``<root>/classes.txt``, else the
+    class folders of ``<root>/train/``, else those of ``base`` (the split being read)."""
+    if (root / CLASSES_FILE).is_file():
+        return read_class_file(root / CLASSES_FILE), str(root / CLASSES_FILE)
+    source = root / "train" if (root / "train").is_dir() else base
+    names = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise AnnotationError(f"{source}: expected one sub-folder per class, found none")
+    return names, f"the class folders of {source}"
+
+
 def read_folder(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
     if split in ("", "all") and not (root / split).is_dir():
         base = root
@@ -370,14 +489,19 @@ def read_folder(root: Path, split: str) -> tuple[list[VideoRecord], list[str]]:
         base = root / split
         if not base.is_dir():
             raise AnnotationError(f"{root}: no folder {split}/ (use split 'all' for <root>/<class>/<video>)")
-    class_names = sorted(d.name for d in base.iterdir() if d.is_dir())
-    if not class_names:
-        raise AnnotationError(f"{base}: expected one sub-folder per class, found none")
+    class_names, source = folder_classes(root, base)
+    class_to_idx = {c: i for i, c in enumerate(class_names)}
+    found = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [c for c in found if c not in class_to_idx]
+    if unknown:
+        raise AnnotationError(f"{base / unknown[0]}: class folder {unknown[0]!r} is not among the "
+                              f"{len(class_names)} classes of {source}" +
+                              (f" (also {unknown[1:]})" if len(unknown) > 1 else ""))
     records = []
-    for label, cls in enumerate(class_names):
+    for cls in found:
         for p in sorted((base / cls).rglob("*")):
             if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
-                records.append(VideoRecord(p, label, p.stem, {}))
+                records.append(VideoRecord(p, class_to_idx[cls], p.stem, {}, str(base / cls)))
     if not records:
         raise AnnotationError(f"{base}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in the class folders")
     return records, class_names

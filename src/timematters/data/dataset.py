@@ -1,16 +1,27 @@
 """``VideoDataset``: records -> normalised clips ``(T, C, H, W)`` with their geometry, robust to bad videos.
 
 Every random draw of sample ``index`` in epoch ``e`` comes from ``rng_for(seed, e, index, attempt)``, so
-any worker, rank or resumed run draws the same clip. A video that fails to decode (missing, zero-byte,
-truncated, corrupt) is reported once (logging warning), counted, remembered, and replaced by another video
-drawn from the same keyed generator (deterministic). Counting is per dataset instance, i.e. per DataLoader
-worker: each worker raises ``TooManyFailures`` on its own once, after at least ``min_attempts`` loads, the
-share of failed loads exceeds ``max_fail_ratio``; the DataLoader re-raises it in the main process.
+any worker, rank or resumed run draws the same clip.
+
+A video that fails to decode (missing, zero-byte, truncated, corrupt) is reported once (logging warning),
+counted and remembered. What happens next depends on ``on_error``:
+
+- ``substitute`` (training, the default when ``train=True``): another video drawn from the same keyed
+  generator (deterministic) takes its place; the sample's ``meta["load_failures"]`` lists the failed loads.
+- ``exclude`` (evaluation, the default when ``train=False``): the item becomes a marker
+  ``{"excluded": {"path", "reason", "video_id", "video_index", "index"}}`` that ``collate`` moves into
+  ``batch["excluded"]``. An evaluation never scores a video it did not load.
+
+``LoadFailures`` reads both from the batches in the main process: it drops the markers, counts and lists
+the failed videos of a pass (summed over DDP ranks), and applies ``max_fail_ratio`` to the whole pass.
+Each dataset instance (= DataLoader worker) also stops early with ``TooManyFailures`` once, after at least
+``min_attempts`` loads, more than ``max_fail_ratio`` of its own loads failed.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +44,9 @@ class TooManyFailures(RuntimeError):
     """More than the allowed share of videos failed to decode."""
 
 
+ON_ERROR = ("substitute", "exclude")
+
+
 class VideoDataset(Dataset):
     """Clips from a list of ``VideoRecord``.
 
@@ -40,6 +54,8 @@ class VideoDataset(Dataset):
     Eval: ``views`` temporal clips x ``crops`` spatial crops per video, so ``len = videos * views * crops``;
     item ``i`` is video ``i // (views * crops)``, view ``i % (views * crops)`` (temporal view major).
     ``decode_threads`` = 1 by default: the parallelism comes from DataLoader workers.
+    ``on_error``: ``substitute`` or ``exclude`` a video that fails (default: substitute when training,
+    exclude otherwise; see the module docstring).
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, num_frames: int, img_size: int, train: bool,
@@ -48,7 +64,10 @@ class VideoDataset(Dataset):
                  std: Sequence[float] = (0.5, 0.5, 0.5), views: int = 1, crops: int = 1, seed: int = 0,
                  label_fn: LabelFn | None = None, max_fail_ratio: float = 0.2, min_attempts: int = 50,
                  max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 1,
-                 short_side: int = 0):
+                 short_side: int = 0, on_error: str | None = None):
+        on_error = on_error or ("substitute" if train else "exclude")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if not records:
             raise ValueError("VideoDataset needs at least one record")
         if sampling not in SAMPLINGS:
@@ -75,6 +94,7 @@ class VideoDataset(Dataset):
         self.max_fail_ratio, self.min_attempts, self.max_substitutes = max_fail_ratio, min_attempts, max_substitutes
         self.backend, self.decode_threads = backend, decode_threads
         self.short_side = short_side          # eval: resize the short side to this, then crop (0 = img_size)
+        self.on_error = on_error
         self.epoch = 0
         # per instance (= per DataLoader worker) state
         self.attempts = 0
@@ -97,6 +117,7 @@ class VideoDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         per_video = self.views * self.crops
         video, view = divmod(index, per_video)
+        lost: list[dict] = []                     # the failed loads before this item's sample
         for attempt in range(self.max_substitutes + 1):
             if video not in self.failed:
                 try:
@@ -107,9 +128,14 @@ class VideoDataset(Dataset):
                     self.attempts += 1
                     if attempt:
                         sample["meta"]["substituted_for"] = self.records[index // per_video].video_id
+                        sample["meta"]["load_failures"] = lost
                     return sample
             else:
                 self._record_failure(video, self.failed[video])
+            record = self.records[video]
+            lost.append({"path": str(record.path), "reason": self.failed[video]})
+            if self.on_error == "exclude":
+                return {"excluded": {**lost[0], "video_id": record.video_id, "video_index": video, "index": index}}
             # deterministic substitute: keyed by (seed, epoch, index, attempt), not by what failed before
             video = int(rng_for(self.seed, self.epoch, index, attempt, 0x5B).integers(len(self.records)))
         raise TooManyFailures(f"{self.max_substitutes + 1} videos in a row failed for item {index}; "
@@ -120,8 +146,9 @@ class VideoDataset(Dataset):
         self.failures += 1
         if video not in self.failed:
             self.failed[video] = reason
-            log.warning("skipping video %s (%s); %d of %d loads failed so far, another video is substituted",
-                        self.records[video].path, reason, self.failures, self.attempts)
+            log.warning("skipping video %s (%s); %d of %d loads failed so far, %s",
+                        self.records[video].path, reason, self.failures, self.attempts,
+                        "another video is substituted" if self.on_error == "substitute" else "it is excluded")
         floor = min(self.min_attempts, len(self.records))
         if self.attempts >= floor and self.failures > self.max_fail_ratio * self.attempts:
             raise TooManyFailures(f"{self.failures} of {self.attempts} video loads failed (more than "
@@ -175,9 +202,23 @@ class VideoDataset(Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors (``video`` -> (B, T, C, H, W), ``flow`` -> (B, T-1, h, w)) and numbers; ``meta`` stays a list."""
+    """Stack tensors (``video`` -> (B, T, C, H, W), ``flow`` -> (B, T-1, h, w)) and numbers; ``meta`` stays a list.
+
+    Exclusion markers (items whose video failed, ``on_error="exclude"``) go to ``batch["excluded"]``; a batch
+    of markers only is ``{"excluded": [...]}``. ``LoadFailures.track`` removes them."""
     if not samples:
         raise ValueError("collate needs at least one sample")
+    excluded = [s["excluded"] for s in samples if "excluded" in s]
+    samples = [s for s in samples if "excluded" not in s]
+    if not samples:
+        return {"excluded": excluded}
+    batch = collate_samples(samples)
+    if excluded:
+        batch["excluded"] = excluded
+    return batch
+
+
+def collate_samples(samples: list[dict]) -> dict:
     keys = list(samples[0])
     for i, s in enumerate(samples):
         if list(s) != keys:
@@ -199,12 +240,120 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+class LoadFailures:
+    """The videos a pass over a DataLoader lost, counted in the main process from the batches.
+
+    ``track(loader)`` yields the batches without exclusion markers and counts every load: items that
+    arrived, items excluded (``batch["excluded"]``) and loads a substitute replaced
+    (``meta["load_failures"]``). ``finish()`` sums the counts over DDP ranks, logs one line naming the
+    failed videos and raises ``TooManyFailures`` when more than ``max_fail_ratio`` of the pass's loads
+    failed; ``summary()`` is what metrics files record (``num_failed`` videos and their paths + reasons).
+    """
+
+    def __init__(self, max_fail_ratio: float | None = None, *, what: str = "videos", action: str = "excluded"):
+        self.max_fail_ratio, self.what, self.action = max_fail_ratio, what, action
+        self.loads = 0                      # items loaded or tried, failed ones included
+        self.failed_loads = 0
+        self.failed: dict[str, str] = {}    # path -> reason, first seen first
+
+    def add(self, batch: dict) -> dict | None:
+        """Count one batch; return it without exclusion markers, or None when every item was excluded."""
+        excluded = batch.get("excluded", [])
+        for item in excluded:
+            self._fail(item["path"], item["reason"])
+        lost = [f for m in batch.get("meta", ()) if isinstance(m, dict) for f in m.get("load_failures", ())]
+        for item in lost:
+            self._fail(item["path"], item["reason"])
+        kept = {k: v for k, v in batch.items() if k != "excluded"}
+        n = _batch_size(kept)
+        self.loads += n + len(excluded) + len(lost)
+        return kept if n else None
+
+    def _fail(self, path: str, reason: str) -> None:
+        self.failed_loads += 1
+        self.failed.setdefault(str(path), reason)
+
+    def track(self, loader: Iterable[dict]) -> Iterator[dict]:
+        """The batches of ``loader`` without failed items (the limit is taken from ``loader.dataset``)."""
+        if self.max_fail_ratio is None:
+            self.max_fail_ratio = getattr(getattr(loader, "dataset", None), "max_fail_ratio", 1.0)
+        for batch in loader:
+            kept = self.add(batch)
+            if kept is not None:
+                yield kept
+
+    def merge(self) -> None:
+        """Sum the counts of every rank (every rank must call it) when torch.distributed runs."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self.loads, self.failed_loads, self.failed))
+        self.loads = sum(p[0] for p in parts)
+        self.failed_loads = sum(p[1] for p in parts)
+        self.failed = {}
+        for p in parts:
+            for path, reason in p[2].items():
+                self.failed.setdefault(path, reason)
+
+    def update(self, other: LoadFailures) -> None:
+        """Add another pass's counts (e.g. an epoch's to the run's)."""
+        self.loads += other.loads
+        self.failed_loads += other.failed_loads
+        for path, reason in other.failed.items():
+            self.failed.setdefault(path, reason)
+
+    def summary(self) -> dict:
+        return {"num_failed": len(self.failed), "failed_loads": self.failed_loads, "loads": self.loads,
+                "failed": [{"path": p, "reason": r} for p, r in self.failed.items()]}
+
+    def line(self, limit: int = 3) -> str:
+        """One line for the screen: how many videos failed and the first few paths."""
+        shown = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:limit])
+        more = f"; +{len(self.failed) - limit} more" if len(self.failed) > limit else ""
+        return (f"{len(self.failed)} {self.what} failed to load and were {self.action} "
+                f"({self.failed_loads} of {self.loads} loads): {shown}{more}")
+
+    def finish(self, logger: logging.Logger = log) -> dict:
+        """End of a pass: merge over ranks, log the line when anything failed, apply the limit; the summary."""
+        self.merge()
+        if self.failed:
+            logger.warning("%s", self.line())
+        ratio = 1.0 if self.max_fail_ratio is None else self.max_fail_ratio
+        if self.failed_loads > ratio * self.loads:
+            raise TooManyFailures(f"{self.failed_loads} of {self.loads} loads failed in this pass (more than "
+                                  f"max_fail_ratio={ratio}, data.max_fail_ratio): {self.line(5)}")
+        return self.summary()
+
+
+def _batch_size(batch: dict) -> int:
+    for key in ("video", "image", "label", "index"):
+        value = batch.get(key)
+        if value is not None:
+            return len(value)
+    return 0
+
+
 def build_video_dataset(root: str | Path, format: str, split: str, *, train: bool, limit: int = 0,
+                        class_names: Sequence[str] | None = None, allow_outside_root: bool = False,
                         **kwargs) -> tuple[VideoDataset, list[str]]:
-    """Read the annotations of ``split`` and wrap them in a ``VideoDataset`` (``limit`` > 0 keeps the first N)."""
-    records, class_names = read_annotations(root, format, split)
+    """Read the annotations of ``split`` and wrap them in a ``VideoDataset`` (``limit`` > 0 keeps the first N).
+
+    ``class_names`` (e.g. the training split's) relabels the records by class name; a class of ``split``
+    that is not among them is an ``AnnotationError``."""
+    records, names = read_annotations(root, format, split, allow_outside_root=allow_outside_root)
+    if class_names is not None and list(class_names) != names:
+        index = {c: i for i, c in enumerate(class_names)}
+        unknown = sorted({names[r.label] for r in records if r.label >= 0} - set(index))
+        if unknown:
+            first = next(r for r in records if r.label >= 0 and names[r.label] == unknown[0])
+            raise AnnotationError(f"{first.where or first.path}: class {unknown[0]!r} of split {split!r} is not "
+                                  f"among the {len(index)} training classes" +
+                                  (f" (also {unknown[1:6]})" if len(unknown) > 1 else ""))
+        records = [replace(r, label=index[names[r.label]]) if r.label >= 0 else r for r in records]
+        names = list(class_names)
     if limit > 0:
         records = records[:limit]
     if not records:
         raise AnnotationError(f"{root}: split {split!r} ({format}) has no videos")
-    return VideoDataset(records, train=train, **kwargs), class_names
+    return VideoDataset(records, train=train, **kwargs), names

@@ -9,8 +9,10 @@ A sample::
 ``geometry`` is the record of ``timematters.data.transforms`` (the video clips' transforms, reused here).
 
 Bad input follows ``VideoDataset``: an image that cannot be read (missing, zero bytes, truncated, not an
-image) is reported once (logging warning) with its path, counted, remembered and replaced by the next
-readable image of the split (deterministic); once at least ``min_attempts`` loads were made and more than
+image) is reported once (logging warning) with its path, counted, remembered and, in training
+(``on_error="substitute"``), replaced by the next readable image of the split (deterministic); in
+evaluation (``on_error="exclude"``) the item becomes an exclusion marker that ``collate`` moves into
+``batch["excluded"]`` and ``LoadFailures`` counts and lists. Once at least ``min_attempts`` loads were made and more than
 ``max_fail_ratio`` of them failed, ``TooManyFailures`` (the video dataset's error) names the files. Counting
 is per dataset instance, i.e. per DataLoader worker, as for videos.
 
@@ -27,7 +29,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from timematters.data.dataset import TooManyFailures
+from timematters.data.annotations import CLASSES_FILE, AnnotationError, read_class_file
+from timematters.data.dataset import ON_ERROR, TooManyFailures
 from timematters.data.transforms import (apply_geometry, apply_randaugment, build_randaugment, eval_geometry,
                                          normalize, train_geometry)
 from timematters.utils import rng_for
@@ -59,6 +62,18 @@ def scan_image_folder(split_dir: str | Path) -> tuple[list[tuple[str, int]], lis
     return records, classes
 
 
+def dataset_classes(root: Path) -> tuple[list[str] | None, str]:
+    """The class list every split of ``root`` maps onto: ``classes.txt``, else ``train/``'s class folders."""
+    if (root / CLASSES_FILE).is_file():
+        try:
+            return read_class_file(root / CLASSES_FILE), str(root / CLASSES_FILE)
+        except AnnotationError as e:
+            raise ImageDataError(str(e)) from None
+    if (root / "train").is_dir():
+        return scan_image_folder(root / "train")[1], f"the class folders of {root / 'train'}"
+    return None, ""
+
+
 class ImageFolderDataset(Dataset):
     """Images of one split, resized (train: scale jitter, random crop, flip, RandAugment; eval: centre crop).
 
@@ -75,21 +90,30 @@ class ImageFolderDataset(Dataset):
         flip: random horizontal flips in training.
         max_fail_ratio: stop with ``TooManyFailures`` when more than this share of the loads failed ...
         min_attempts: ... after at least this many loads (or the whole split, when it is smaller).
-        class_names: fix the class order (labels) instead of the sorted folder names; folders not in the
-            list are an error (an evaluation split must use the training classes).
+        on_error: ``substitute`` or ``exclude`` unreadable images (default: substitute when ``train``).
+        class_names: fix the class order (labels). Default: ``root/classes.txt`` (one name per line), else
+            the class folders of ``root/train/``, else this split's folders; so every split of a dataset
+            has the same labels. A class folder not in the list is an error.
     """
 
     def __init__(self, root: str | Path, split: str, *, train: bool, img_size: int,
                  mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  seed: int = 0, randaugment: str = "", scale: tuple[int, int] | None = None, flip: bool = True,
-                 max_fail_ratio: float = 0.2, min_attempts: int = 50, class_names: list[str] | None = None):
+                 max_fail_ratio: float = 0.2, min_attempts: int = 50, class_names: list[str] | None = None,
+                 on_error: str | None = None):
+        self.on_error = on_error or ("substitute" if train else "exclude")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.split_dir = Path(root) / split
         records, found = scan_image_folder(self.split_dir)
+        source = "the given class list"
+        if class_names is None:
+            class_names, source = dataset_classes(Path(root))
         if class_names is not None:
             unknown = sorted(set(found) - set(class_names))
             if unknown:
-                raise ImageDataError(f"{self.split_dir}: class folder(s) {unknown} are not among the model's "
-                                     f"classes {list(class_names)}")
+                raise ImageDataError(f"{self.split_dir / unknown[0]}: class folder(s) {unknown} are not among the "
+                                     f"{len(class_names)} classes of {source} ({list(class_names)[:10]})")
             remap = [list(class_names).index(name) for name in found]
             records = [(path, remap[label]) for path, label in records]
             found = list(class_names)
@@ -148,8 +172,9 @@ class ImageFolderDataset(Dataset):
         self.failures += 1
         if path not in self.failed:
             self.failed[path] = reason
-            log.warning("skipping image %s (%s); %d of %d loads failed so far, the next image is substituted",
-                        path, reason, self.failures, self.attempts)
+            log.warning("skipping image %s (%s); %d of %d loads failed so far, %s", path, reason, self.failures,
+                        self.attempts, "the next image is substituted" if self.on_error == "substitute"
+                        else "it is excluded")
         floor = min(self.min_attempts, len(self))
         if self.attempts >= floor and self.failures > self.max_fail_ratio * self.attempts:
             raise TooManyFailures(f"{self.failures} of {self.attempts} image loads in {self.split_dir} failed "
@@ -163,29 +188,42 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)
+        lost: list[dict] = []
         for k in range(n):
             path, label = self.records[(index + k) % n]
             if path in self.failed:
                 self._record_failure(path, self.failed[path])
-                continue
-            try:
-                img = self.read_image(path)
-            except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-                self._record_failure(path, f"{type(e).__name__}: {e}")
+            else:
+                try:
+                    img = self.read_image(path)
+                except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+                    self._record_failure(path, f"{type(e).__name__}: {e}")
+            if path in self.failed:
+                lost.append({"path": path, "reason": self.failed[path]})
+                if self.on_error == "exclude":
+                    return {"excluded": {**lost[0], "index": index}}
                 continue
             self.attempts += 1
             image, geometry = self._transform(img, index)
             meta = {"path": path, "geometry": geometry}
             if k:
                 meta["substituted_for"] = self.records[index][0]
+                meta["load_failures"] = lost
             return {"image": image, "label": label, "index": index, "meta": meta}
         raise TooManyFailures(f"no readable image in {self.split_dir}; {self.failure_summary()}")
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack ``image``, ``label``, ``index`` into tensors; keep ``meta`` as a list."""
+    """Stack ``image``, ``label``, ``index`` into tensors; keep ``meta`` as a list; exclusion markers go to
+    ``batch["excluded"]`` (as for videos; ``LoadFailures.track`` removes them)."""
+    excluded = [s["excluded"] for s in samples if "excluded" in s]
+    samples = [s for s in samples if "excluded" not in s]
+    if not samples:
+        return {"excluded": excluded}
     batch = default_collate([{k: v for k, v in s.items() if k != "meta"} for s in samples])
     batch["meta"] = [s["meta"] for s in samples]
+    if excluded:
+        batch["excluded"] = excluded
     return batch
 
 
@@ -193,9 +231,10 @@ def build_image_dataset(root: str | Path, split: str, *, train: bool, img_size: 
                         mean: tuple[float, float, float], std: tuple[float, float, float], seed: int = 0,
                         randaugment: str = "", max_fail_ratio: float = 0.2, min_attempts: int = 50,
                         scale: tuple[int, int] | None = None, flip: bool = True,
-                        class_names: list[str] | None = None) -> tuple[ImageFolderDataset, list[str]]:
+                        class_names: list[str] | None = None,
+                        on_error: str | None = None) -> tuple[ImageFolderDataset, list[str]]:
     """The engine's entry point for ``data.format == "imagefolder"``: (dataset, class names)."""
     ds = ImageFolderDataset(root, split, train=train, img_size=img_size, mean=mean, std=std, seed=seed,
                             randaugment=randaugment, scale=scale, flip=flip, max_fail_ratio=max_fail_ratio,
-                            min_attempts=min_attempts, class_names=class_names)
+                            min_attempts=min_attempts, class_names=class_names, on_error=on_error)
     return ds, ds.class_names

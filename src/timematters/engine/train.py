@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config, load_config, save_config, to_dict
+from ..data.dataset import LoadFailures
 from ..objectives import Objective, build_objective
 from ..utils import rng_for
 from . import checkpoint as ckpt
@@ -72,21 +73,23 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return (self.steps_per_epoch - self.start_step) * self.accum
 
 
-def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None):
-    """Dataset and class names for a split, from the data section of the config."""
+def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None, class_names=None):
+    """Dataset and class names for a split, from the data section of the config. ``class_names`` (the
+    training split's) labels another split by class name. Training substitutes unreadable videos, evaluation
+    excludes them (the datasets' ``on_error`` defaults)."""
     d = cfg.data
     if d.format == "imagefolder":
         from ..data.images import build_image_dataset
         return build_image_dataset(d.root, split, train=train, img_size=d.img_size, mean=d.mean, std=d.std,
                                    seed=cfg.run.seed, randaugment=d.randaugment if train else "",
-                                   max_fail_ratio=d.max_fail_ratio)
+                                   max_fail_ratio=d.max_fail_ratio, class_names=class_names)
     from ..data.dataset import build_video_dataset
     return build_video_dataset(
         d.root, d.format, split, train=train, num_frames=d.num_frames, img_size=d.img_size,
         sampling=d.sampling, stride=d.stride, scale=d.scale, randaugment=d.randaugment if train else "",
         flip=d.flip and train, mean=d.mean, std=d.std, views=1 if train else d.val_views,
         crops=1 if train else d.val_crops, seed=cfg.run.seed, label_fn=label_fn,
-        max_fail_ratio=d.max_fail_ratio)
+        max_fail_ratio=d.max_fail_ratio, class_names=class_names, allow_outside_root=d.allow_outside_root)
 
 
 def collate_fn(cfg: Config):
@@ -118,7 +121,8 @@ def model_spec(cfg: Config, class_names: list[str]) -> dict:
     kwargs.update(m.extra)
     return {"name": m.name, "create_kwargs": kwargs, "class_names": list(class_names),
             "num_frames": kwargs["num_frames"], "img_size": d.img_size, "mean": list(d.mean),
-            "std": list(d.std), "data": {"root": d.root, "format": d.format}, "method": cfg.objective.method}
+            "std": list(d.std), "data": {"root": d.root, "format": d.format, "allow_outside_root": d.allow_outside_root},
+            "method": cfg.objective.method}
 
 
 def build_model(spec: dict, pretrained: str = "") -> nn.Module:
@@ -197,18 +201,18 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
                     objective: Objective, model: nn.Module, epoch: int, global_step: int, total_steps: int,
                     steps_per_epoch: int, accum: int, lr_fn, autocast, scaler, clip_grad: float,
                     device: torch.device, info: DistInfo, metrics: MetricLog, log_every: int,
-                    on_step=None) -> int:
-    """One pass over this rank's micro-batches. Returns the optimiser step count at the end."""
+                    on_step=None, failures: LoadFailures | None = None) -> int:
+    """One pass over this rank's micro-batches. Returns the optimiser step count at the end.
+    ``failures`` counts the loads the dataset replaced by substitutes (unreadable videos)."""
     trainee.train()
     progress = None
     if info.is_main:
         from tqdm import tqdm
         progress = tqdm(total=len(loader) // accum, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     running: dict[str, float] = {}
-    micro = substituted = 0
-    for batch in loader:
-        # unreadable videos are replaced inside the (worker's) dataset; the batch says which
-        substituted += sum("substituted_for" in m for m in batch.get("meta", ()))
+    micro = 0
+    failures = failures if failures is not None else LoadFailures(action="substituted")
+    for batch in failures.track(loader):  # unreadable videos were replaced in the dataset; counted here
         batch = to_device(batch, device)
         last_micro = (micro + 1) % accum == 0
         sync = trainee.no_sync if (info.enabled and not last_micro) else nullcontext
@@ -261,9 +265,6 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
             on_step(global_step)
     if progress is not None:
         progress.close()
-    if substituted:
-        log.warning("epoch %d: rank %d replaced %d unreadable videos (see the warnings above for which)",
-                    epoch, info.rank, substituted)
     return global_step
 
 
@@ -272,12 +273,15 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
     model.eval()
     if cfg.data.format == "imagefolder":
         correct = n = 0
+        failures = LoadFailures(what="images")     # unreadable images are excluded, counted and listed
         with torch.no_grad(), autocast():
-            for batch in loader:
+            for batch in failures.track(loader):
                 logits = model(batch["image"].to(device))
                 correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
                 n += len(batch["label"])
-        return {"top1": 100.0 * correct / max(1, n), "num_samples": n}
+        excluded = failures.finish(log)
+        return {"top1": 100.0 * correct / max(1, n), "num_samples": n, "num_failed": excluded["num_failed"],
+                "failed": excluded["failed"]}
     from ..evaluation.evaluate import evaluate
     from ..evaluation.groups import resolve_groups
     groups = resolve_groups("auto", class_names, cfg.data.root)
@@ -324,7 +328,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                         pin_memory=info.device.type == "cuda", persistent_workers=False)
     val_loader = None
     if objective.needs_labels:  # every rank scores its shard; evaluate() gathers the scores
-        val_set, _ = build_dataset(cfg, cfg.data.val_split, train=False)
+        val_set, _ = build_dataset(cfg, cfg.data.val_split, train=False, class_names=class_names)
         shard = list(range(info.rank, len(val_set), info.world_size))
         val_loader = DataLoader(val_set, batch_size=max(1, micro), sampler=shard, num_workers=workers,
                                 collate_fn=collate_fn(cfg))
@@ -377,6 +381,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             save(step)
 
     last_val: dict = {}
+    run_failures = LoadFailures(action="substituted")  # the whole run's, for the end-of-run summary
     start_epoch = global_step // steps_per_epoch
     for epoch in range(start_epoch, o.epochs):
         start = global_step - epoch * steps_per_epoch
@@ -384,14 +389,18 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         t0 = time.time()
+        failures = LoadFailures(action="substituted")
         global_step = train_one_epoch(
             trainee, loader, optimizer, objective=objective, model=model, epoch=epoch, global_step=global_step,
             total_steps=total_steps, steps_per_epoch=steps_per_epoch, accum=sampler.accum, lr_fn=lr_fn,
             autocast=autocast, scaler=scaler, clip_grad=o.clip_grad, device=info.device, info=info,
-            metrics=metrics, log_every=cfg.run.log_every, on_step=on_step)
+            metrics=metrics, log_every=cfg.run.log_every, on_step=on_step, failures=failures)
         epoch_time = time.time() - t0
+        lost = failures.finish(log)  # summed over ranks; more than data.max_fail_ratio of the loads: error
+        run_failures.update(failures)
         save(global_step)
-        values = {"epoch": epoch, "epoch_time_s": epoch_time}
+        values = {"epoch": epoch, "epoch_time_s": epoch_time, "train_num_failed": lost["num_failed"],
+                  "train_failed_loads": lost["failed_loads"]}
         if val_loader is not None:
             last_val = validate(model, cfg, val_loader, class_names, info.device, autocast)
             values.update(scalar_metrics(last_val))
@@ -401,6 +410,10 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             if last_val:
                 (run_dir / "val_metrics.json").write_text(json.dumps(last_val, indent=1, default=float))
         barrier(info)
+    if info.is_main:  # end-of-run summary of the unreadable training videos (already summed over ranks)
+        metrics.write("data", global_step, {"train_" + k: v for k, v in run_failures.summary().items()})
+        if run_failures.failed:
+            log.warning("training: %s", run_failures.line(limit=5))
     metrics.close()
     cleanup(info)
     return last_val

@@ -13,11 +13,16 @@ found through ``meta["video_index"]`` (falling back to ``meta["video_id"]``, the
 
 ``evaluate`` only needs ``model(video (B, T, C, H, W)) -> logits``; it puts the model in eval mode and
 restores its previous mode, so the training engine can call it between epochs.
+
+A video that fails to load is never replaced: the evaluation dataset excludes it (``on_error="exclude"``),
+``LoadFailures`` counts it, the result lists it (``num_failed``, ``failed``: path and reason), one line
+says so on screen, and more than ``max_fail_ratio`` failed loads in the pass is an error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from timematters import temporal
+from timematters.data.dataset import LoadFailures
 from timematters.utils import atomic_write_bytes, resolve_device, torch_rng_for
+
+log = logging.getLogger("timematters.evaluate")
 
 #: the clip variants, in the order they are stacked in a batch
 ORIGINAL, SHUFFLED, REVERSED = "original", "shuffled", "reversed"
@@ -271,14 +279,15 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
              shuffles: int = 1, seed: int = 0, reverse: bool = True, amp_dtype: torch.dtype | None = None,
              class_groups: Mapping[str, Iterable[int | str]] | None = None,
              class_names: Sequence[str] | None = None, per_sample: bool = False,
-             max_batches: int | None = None) -> dict[str, Any]:
+             max_batches: int | None = None, max_fail_ratio: float | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on original, shuffled and reversed clips of every batch in ``loader``.
 
     Returns accuracies in percent: ``top1``, ``top5``, ``shuffled_top1/5`` (mean over ``shuffles``),
     ``reversed_top1/5``, ``gap_top1/5`` (original - shuffled), ``reverse_gap_top1/5``, ``loss`` (mean
     cross-entropy of the original clips), ``per_class`` and ``groups`` (same keys, by class name / group
     name) and, with ``per_sample=True``, per video ``p_y`` = p(y|x), ``p_y_shuffled`` (mean over shuffles)
-    and ``p_y_reversed``.
+    and ``p_y_reversed``; ``num_failed`` and ``failed`` (path, reason) for the videos that could not be
+    loaded and were left out (``max_fail_ratio``: default the loader's dataset's).
     """
     if shuffles < 0:
         raise ValueError(f"evaluate: shuffles must be >= 0, got {shuffles}")
@@ -288,8 +297,9 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
     variants = [(ORIGINAL, 0)] + [(SHUFFLED, k) for k in range(shuffles)] + ([(REVERSED, 0)] if reverse else [])
     # created up front: a rank whose shard is empty still joins the gather in merged()
     scores = _VideoScores(variants)
+    failures = LoadFailures(max_fail_ratio)
     try:
-        for step, batch in enumerate(loader):
+        for step, batch in enumerate(failures.track(loader)):
             if max_batches is not None and step >= max_batches:
                 break
             video = batch["video"]
@@ -314,6 +324,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
             scores.add(video_keys, labels, logits.softmax(dim=-1))
     finally:
         model.train(was_training)
+    excluded = failures.finish(log)      # every rank takes part; raises past max_fail_ratio
     keys, labels, views, probs = scores.merged()
     if not keys:
         raise ValueError("evaluate: the loader yielded no batches")
@@ -322,6 +333,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
                       groups=groups, per_sample=per_sample)
     result["loss"] = scores.loss_sum / max(scores.loss_count, 1)
     result["seed"] = seed
+    result.update(excluded)
     return result
 
 

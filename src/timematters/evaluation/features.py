@@ -13,6 +13,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..data.dataset import LoadFailures
+
 MODES = ("cls", "slowfast")
 
 
@@ -49,13 +51,14 @@ def clip_features(model: nn.Module, video: torch.Tensor, mode: str = "cls") -> t
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: Iterable[dict], *, device: str | torch.device,
                      clips_per_video: int = 1, clip_len: int = 0, mode: str = "cls",
-                     autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     autocast: bool = False, failures: LoadFailures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Average clip features per video. Returns ``feats (V, D)`` float32 and ``labels (V,)`` int64 on the
     CPU, videos in order of first appearance in ``loader``.
 
     ``clips_per_video`` > 1 cuts every loaded clip into that many windows of ``clip_len`` frames
     (default ``model.num_frames``); with 1 the loaded clip is used as it is. ``autocast`` runs the model
-    under bf16 autocast on CUDA.
+    under bf16 autocast on CUDA. Videos that fail to load are left out and counted in ``failures``
+    (``LoadFailures``: pass one to read the count and paths afterwards).
     """
     if clips_per_video < 1:
         raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
@@ -66,8 +69,9 @@ def extract_features(model: nn.Module, loader: Iterable[dict], *, device: str | 
     sums: dict = {}
     counts: dict = {}
     labels: dict = {}
+    failures = failures if failures is not None else LoadFailures()
     try:
-        for batch in loader:
+        for batch in failures.track(loader):
             video = batch["video"].to(device, non_blocking=True)           # (B, T, C, H, W)
             B, T = video.shape[:2]
             with amp:
@@ -90,6 +94,7 @@ def extract_features(model: nn.Module, loader: Iterable[dict], *, device: str | 
                     sums[key], counts[key], labels[key] = feat.clone(), 1, label
     finally:
         model.train(was_training)
+    failures.finish()
     if not sums:
         raise ValueError("extract_features: the loader gave no clips")
     feats = torch.stack([sums[k] / counts[k] for k in sums])

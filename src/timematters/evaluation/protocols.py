@@ -8,6 +8,8 @@
 
 Every command writes a metrics JSON (``--out``); ``--random-init`` evaluates the checkpoint's
 architecture with fresh random weights (the baseline every pretraining method is compared with).
+Videos that fail to load are left out, never replaced: the JSON gives ``num_failed`` and ``failed``
+(split, path, reason) and one line on screen names them.
 
 - Linear probe: features of the frozen backbone (``Features.cls``, averaged over ``--views`` clips per
   video), standardised with train statistics, then a linear classifier. ``--solver sgd`` (default): SGD
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.dataset import LoadFailures
 from ..utils import resolve_device, rng_for, torch_rng_for
 from .features import clip_features, extract_features, video_keys
 
@@ -216,7 +219,8 @@ def before_after_pairs(num_frames: int, sub_len: int, pairs: int, rng: np.random
 
 @torch.no_grad()
 def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: int, max_offset: int = 6,
-                  seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int = 0, device: str | torch.device = "cpu",
+                  failures: LoadFailures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs of overlapping clips per video -> (psi(x1) - psi(x2) (P, D), offset class d + max_offset (P,)).
 
     Each loaded clip (dense, stride 1) must hold at least ``clip_len + 2 * max_offset`` frames; clip j
@@ -224,7 +228,8 @@ def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: in
     device = torch.device(device)
     n_pos = 2 * max_offset + 1
     xs, ys = [], []
-    for batch in loader:
+    failures = failures if failures is not None else LoadFailures()
+    for batch in failures.track(loader):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         if L < clip_len + n_pos - 1:
@@ -237,18 +242,21 @@ def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: in
             pairs = sync_pairs(max_offset, rng_for(seed, _key_int(key), 0x5C))
             xs.append(f[b, pairs[:, 0]] - f[b, pairs[:, 1]])
             ys.append(torch.as_tensor(pairs[:, 2] + max_offset))
+    failures.finish()
     return torch.cat(xs), torch.cat(ys)
 
 
 @torch.no_grad()
 def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: int, pairs: int = 4,
-                          seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                          seed: int = 0, device: str | torch.device = "cpu",
+                          failures: LoadFailures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per video ``pairs`` pairs of non-overlapping sub-clips of clip_len // 2 frames, each concatenated in
     order (label 0, "before") and swapped (label 1, "after") -> (features (2P, D), labels (2P,))."""
     device = torch.device(device)
     half = clip_len // 2
     xs, ys = [], []
-    for batch in loader:
+    failures = failures if failures is not None else LoadFailures()
+    for batch in failures.track(loader):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         _warn_short(batch, L, "before-after")
@@ -260,6 +268,7 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
                 labels += [0, 1]
         xs.append(feature_fn(torch.stack(clips)).float().cpu())
         ys.append(torch.as_tensor(labels))
+    failures.finish()
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -319,6 +328,7 @@ def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: boo
     size = int(spec["img_size"])
     dataset, class_names = build_video_dataset(
         root, fmt, split, train=train, limit=args.limit, num_frames=num_frames, img_size=size,
+        allow_outside_root=bool(spec.get("data", {}).get("allow_outside_root", False)),
         sampling=sampling, stride=stride, scale=(size, max(size, round(size * 1.25))), mean=spec["mean"],
         std=spec["std"], views=views, seed=args.seed, short_side=spec.get("short_side", 0))
     loader = DataLoader(dataset, batch_size=batch_size or args.batch_size, shuffle=train,
@@ -332,17 +342,27 @@ def _clip_len(args: argparse.Namespace, spec: dict) -> int:
 
 
 def frozen_features(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device,
-                    views: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """(train feats, train labels, test feats, test labels, class names), averaged over ``views`` clips."""
+                    views: int, failures: dict[str, LoadFailures] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """(train feats, train labels, test feats, test labels, class names), averaged over ``views`` clips.
+    ``failures`` receives one ``LoadFailures`` per split (the videos left out)."""
     t = _clip_len(args, spec)
     out = []
     class_names: list[str] = []
+    failures = failures if failures is not None else {}
     for split in (args.train_split, args.val_split):
         loader, class_names = build_loader(args, spec, split, train=False, num_frames=t, sampling=args.sampling,
                                            stride=args.stride, views=views)
+        failures[split] = LoadFailures()
         out += list(extract_features(model, loader, device=device, mode=args.mode,
-                                     autocast=device.type == "cuda"))
+                                     autocast=device.type == "cuda", failures=failures[split]))
     return out[0], out[1], out[2], out[3], class_names
+
+
+def failure_metrics(failures: dict[str, LoadFailures]) -> dict:
+    """``num_failed`` videos left out over all splits and ``failed``: split, path and reason of each."""
+    listed = [{"split": split, **f} for split, fl in failures.items() for f in fl.summary()["failed"]]
+    return {"num_failed": len(listed), "failed": listed}
 
 
 def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dict:
@@ -402,11 +422,12 @@ def main_linear(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
     if args.task == "classify":
-        tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views)
+        failures: dict[str, LoadFailures] = {}
+        tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
         metrics = linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names), solver=args.solver,
                                epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, l2=args.l2,
                                seed=args.seed, device=device)
-        metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+        metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
         write_metrics(args, "linear", metrics)
         return 0
     metrics = time_task(args, model, spec, device)
@@ -424,23 +445,25 @@ def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: to
             return clip_features(model, video, args.mode)
 
     data = []
+    failures: dict[str, LoadFailures] = {}
     for split in (args.train_split, args.val_split):
+        failures[split] = LoadFailures()
         if args.task == "sync":
             L = t + 2 * args.max_offset
             loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
                                      batch_size=max(1, args.batch_size // (2 * args.max_offset + 1)))
             data.append(sync_features(feature_fn, loader, clip_len=t, max_offset=args.max_offset,
-                                      seed=args.seed, device=device))
+                                      seed=args.seed, device=device, failures=failures[split]))
         else:
             L = args.source_frames or 2 * t
             loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
                                      batch_size=max(1, args.batch_size // (2 * args.pairs)))
             data.append(before_after_features(feature_fn, loader, clip_len=t, pairs=args.pairs, seed=args.seed,
-                                              device=device))
+                                              device=device, failures=failures[split]))
     model.eval()
     return time_task_probe(args.task, data[0][0], data[0][1], data[1][0], data[1][1],
                            max_offset=args.max_offset, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-                           seed=args.seed, device=device)
+                           seed=args.seed, device=device) | failure_metrics(failures)
 
 
 def add_knn_arguments(p: argparse.ArgumentParser) -> None:
@@ -452,9 +475,10 @@ def add_knn_arguments(p: argparse.ArgumentParser) -> None:
 def main_knn(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-    tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views)
+    failures: dict[str, LoadFailures] = {}
+    tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
     metrics = knn_classify(tr_x, tr_y, te_x, te_y, num_classes=len(names), k=args.k, temperature=args.temperature)
-    metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+    metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
     write_metrics(args, "knn", metrics)
     return 0
 
@@ -467,9 +491,10 @@ def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
 def main_retrieval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-    tr_x, tr_y, te_x, te_y, _ = frozen_features(args, model, spec, device, args.views)
+    failures: dict[str, LoadFailures] = {}
+    tr_x, tr_y, te_x, te_y, _ = frozen_features(args, model, spec, device, args.views, failures)
     metrics = retrieval_hit_rates(tr_x, tr_y, te_x, te_y, ks=args.ks)
-    metrics.update(videos_train=len(tr_y), videos_test=len(te_y))
+    metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
     write_metrics(args, "retrieval", metrics)
     return 0
 
@@ -502,7 +527,8 @@ def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader
             train_loader.dataset.set_epoch(epoch)
         model.train()
         running, n = 0.0, 0
-        for batch in train_loader:
+        substituted = LoadFailures(action="substituted")   # training replaces unreadable videos: counted
+        for batch in substituted.track(train_loader):
             scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for g in opt.param_groups:
                 g["lr"] = lr * scale
@@ -515,6 +541,7 @@ def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader
             running += float(loss.detach()) * len(batch["label"])
             n += len(batch["label"])
             step += 1
+        substituted.finish()
         log(f"finetune epoch {epoch}: loss {running / max(1, n):.4f}")
     return evaluate_classifier(model, test_loader, num_classes=num_classes, device=device) | {"train_loss": running / max(1, n)}
 
@@ -525,13 +552,16 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, *, num_classes: in
     model.eval()
     probs: dict = {}
     labels: dict = {}
-    for batch in loader:
+    failures = LoadFailures()
+    for batch in failures.track(loader):
         p = model(batch["video"].to(device)).float().softmax(dim=-1).cpu()
         for key, pi, yi in zip(video_keys(batch), p, batch["label"].tolist()):
             probs[key] = probs.get(key, 0) + pi
             labels[key] = yi
+    excluded = failures.finish()
     scores = torch.stack([probs[k] for k in probs])
-    return topk_accuracy(scores, torch.tensor([labels[k] for k in probs])) | {"videos_test": len(probs)}
+    return (topk_accuracy(scores, torch.tensor([labels[k] for k in probs])) | {"videos_test": len(probs)}
+            | {"num_failed": excluded["num_failed"], "failed": excluded["failed"]})
 
 
 def main_finetune(args: argparse.Namespace) -> int:

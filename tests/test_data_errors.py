@@ -1,0 +1,158 @@
+"""No silent data errors, through the commands a user runs: evaluation excludes, counts and lists unreadable
+videos (eval, audit, kNN, the engine's validation), training counts what it substitutes, and a validation
+split with a class training never saw is an error naming the folder."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+import timematters
+from test_data_videos import make_bad_files, write_video
+from timematters.cli import main as cli_main
+from timematters.data.annotations import VideoRecord
+from timematters.data.dataset import LoadFailures, TooManyFailures, VideoDataset, collate
+from timematters.engine.checkpoint import save_checkpoint
+
+CLASSES = ["cat", "dog", "emu"]
+KW = dict(num_classes=3, num_frames=4, img_size=32, depth=2, embed_dim=32, num_heads=2, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A folder-per-class dataset of real videos (validation lacks "cat", one validation video is broken)
+    and a checkpoint of a tiny model that names it."""
+    root = tmp_path_factory.mktemp("errors")
+    data = root / "data"
+    for i, cls in enumerate(CLASSES):
+        for k in range(2):
+            write_video(data / "train" / cls / f"{cls}{k}.mp4", 10 + 2 * k + i)
+    for cls in CLASSES[1:]:
+        for k in range(2):
+            write_video(data / "val" / cls / f"{cls}_val{k}.mp4", 12 + k)
+    good = data / "val" / "dog" / "dog_val0.mp4"
+    (data / "val" / "dog" / "broken.mp4").write_bytes(good.read_bytes()[:300])   # the header only
+    torch.manual_seed(0)
+    model = timematters.create_model("timesformer_tiny", **KW)
+    spec = {"name": "timesformer_tiny", "create_kwargs": KW, "class_names": CLASSES, "num_frames": 4,
+            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "data": {"root": str(data), "format": "folder"},
+            "method": "supervised"}
+    save_checkpoint(root / "run", model=model, objective=None, spec=spec, train_state={}, step=1)
+    return root / "run", data, data / "val" / "dog" / "broken.mp4"
+
+
+def test_eval_cli_excludes_counts_and_lists_a_broken_video(folder_run, tmp_path, caplog):
+    run, data, broken = folder_run
+    out = tmp_path / "metrics.json"
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["eval", "--checkpoint", str(run), "--split", "val", "--views", "2", "--shuffles", "1",
+                         "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_failed"] == 1 and [f["path"] for f in m["failed"]] == [str(broken)]
+    assert m["failed"][0]["reason"]
+    assert m["num_videos"] == 4 and m["num_clips"] == 8            # the broken video is not scored, not replaced
+    assert set(m["per_class"]) == {"dog", "emu"}                     # labels by name: validation has no "cat"
+    assert m["per_class"]["dog"]["count"] == 2
+    lines = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert len(lines) == 1 and str(broken) in lines[0] and "excluded" in lines[0]
+
+
+def test_audit_and_knn_report_the_excluded_video(folder_run, tmp_path):
+    run, data, broken = folder_run
+    assert cli_main(["audit", "--model", str(run), "--split", "val", "--no-probe", "--gradcam-videos", "2",
+                     "--shuffles", "1", "--out", str(tmp_path / "audit")]) == 0
+    ev = json.loads((tmp_path / "audit" / "metrics.json").read_text())["models"][0]["eval"]
+    assert ev["num_failed"] == 1 and ev["failed"][0]["path"] == str(broken) and ev["num_videos"] == 4
+    out = tmp_path / "knn.json"
+    assert cli_main(["knn", "--checkpoint", str(run), "--val-split", "val", "--k", "2", "--num-workers", "0",
+                     "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_failed"] == 1 and m["failed"] == [{"split": "val", "path": str(broken), "reason": m["failed"][0]["reason"]}]
+    assert m["videos_train"] == 6 and m["videos_test"] == 4
+
+
+def test_too_many_failures_is_checked_at_the_end_of_the_pass(folder_run, tmp_path, capsys):
+    run, data, _ = folder_run
+    bad_root = tmp_path / "data"
+    import shutil
+    shutil.copytree(data, bad_root)
+    (bad_root / "val" / "emu" / "emu_val0.mp4").write_bytes(b"")       # 2 of 5 validation videos now fail
+    # fewer loads than min_attempts (50): the dataset's early check never fires, the end of the pass does
+    code = cli_main(["eval", "--checkpoint", str(run), "--data", str(bad_root), "--split", "val",
+                     "--shuffles", "1", "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 5 loads failed in this pass" in err and "max_fail_ratio=0.2" in err
+    assert "Traceback" not in err and not (tmp_path / "m.json").exists()
+
+
+def test_eval_cli_on_mismatched_folders_is_an_error(folder_run, tmp_path, capsys):
+    run, data, _ = folder_run
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    write_video(root / "val" / "fox" / "fox0.mp4", 8)                    # a class training never saw
+    code = cli_main(["eval", "--checkpoint", str(run), "--data", str(root), "--split", "val",
+                     "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{root / 'val' / 'fox'}: class folder 'fox' is not among the 3 classes" in err
+
+
+def test_exclude_mode_markers_collate_and_counts(tmp_path):
+    good = write_video(tmp_path / "good.mp4", 9)
+    bad = make_bad_files(tmp_path / "bad", good)
+    records = [VideoRecord(good, 0, "good")] + [VideoRecord(p, 1, k) for k, p in bad.items()]
+    ds = VideoDataset(records, num_frames=4, img_size=32, train=False, views=2, max_fail_ratio=1.0)
+    assert ds.on_error == "exclude"
+    items = [ds[i] for i in range(len(ds))]
+    assert all("video" in s for s in items[:2])
+    markers = [s["excluded"] for s in items[2:]]
+    assert {m["video_id"] for m in markers} == set(bad) and all(m["reason"] for m in markers)
+    batch = collate(items[:3])
+    assert batch["video"].shape[0] == 2 and len(batch["excluded"]) == 1
+    assert collate(items[2:4]) == {"excluded": markers[:2]}
+    failures = LoadFailures(max_fail_ratio=0.5)
+    kept = [failures.add(collate(items[i:i + 3])) for i in range(0, len(items), 3)]
+    assert kept[0]["video"].shape[0] == 2 and kept[1] is None
+    assert failures.loads == 10 and failures.failed_loads == 8 and len(failures.failed) == 4
+    with pytest.raises(TooManyFailures, match="8 of 10 loads failed.*max_fail_ratio=0.5"):
+        failures.finish()
+    # training substitutes: the sample names the failed loads it stands in for, and LoadFailures counts them
+    train = VideoDataset(records, num_frames=4, img_size=32, train=True, scale=(32, 36), max_fail_ratio=1.0)
+    sample = train[1]
+    assert sample["meta"]["video_id"] == "good" and sample["meta"]["load_failures"][0]["path"] == str(bad["zero"])
+    counted = LoadFailures(action="substituted")
+    counted.add(collate([sample]))
+    lost = sample["meta"]["load_failures"]
+    assert counted.failed_loads == len(lost) and counted.summary()["num_failed"] == len({f["path"] for f in lost})
+
+
+def test_engine_validation_excludes_and_training_counts_bad_videos(tmp_path):
+    """One epoch of real training: the broken validation video is excluded and listed in val_metrics.json,
+    the broken training video is substituted and counted in metrics.jsonl (per epoch and for the run)."""
+    from test_engine import tiny_overrides
+    from timematters.config import load_config
+    from timematters.data.synth import generate
+    from timematters.engine.train import train
+    data = generate(tmp_path / "data", videos=28, frames=8, size=32, seed=0, bias=0.0, workers=1)
+    split = {s: [str(e["id"]) for e in json.loads((data / f"something-something-v2-{s}.json").read_text())]
+             for s in ("train", "validation")}
+    video = lambda vid: data / "20bn-something-something-v2" / f"{vid}.webm"  # noqa: E731
+    video(split["validation"][0]).write_bytes(b"")
+    video(split["train"][0]).write_bytes(video(split["train"][0]).read_bytes()[:200])
+    batch = len(split["train"]) // 2            # every training video is drawn in the epoch
+    cfg = load_config("synth_baseline", tiny_overrides(data, tmp_path / "run", **{
+        "optim.epochs": 1, "optim.batch_size": batch, "data.max_fail_ratio": 0.5}))
+    val = train(cfg)
+    assert val["num_failed"] == 1 and val["failed"][0]["path"] == str(video(split["validation"][0]))
+    assert val["num_videos"] == len(split["validation"]) - 1
+    saved = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
+    assert saved["failed"] == val["failed"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in rows if r["type"] == "val")
+    assert epoch["num_failed"] == 1 and epoch["train_num_failed"] == 1 and epoch["train_failed_loads"] >= 1
+    summary = next(r for r in rows if r["type"] == "data")
+    assert summary["train_num_failed"] == 1
+    assert summary["train_failed"][0]["path"] == str(video(split["train"][0]))
