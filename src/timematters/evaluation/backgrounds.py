@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from timematters.data.dataset import LoadFailures
 from timematters.data.images import build_image_dataset, collate
 from timematters.utils import atomic_write_bytes, resolve_device
 
@@ -24,14 +25,18 @@ LABELS = {"original": "Original", "only_fg": "Only-FG", "mixed_same": "Mixed-Sam
 
 
 @torch.no_grad()
-def top1(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, int]:
-    """(accuracy in [0, 1], number of images) of ``model`` on image batches."""
+def top1(model: nn.Module, loader: DataLoader, device: torch.device,
+         failures: LoadFailures | None = None) -> tuple[float, int]:
+    """(accuracy in [0, 1], number of images) of ``model`` on image batches; unreadable images are left out
+    and counted in ``failures``."""
     model.eval()
     correct = n = 0
-    for batch in loader:
+    failures = failures if failures is not None else LoadFailures(what="images")
+    for batch in failures.track(loader):
         logits = model(batch["image"].to(device))                  # (B, K)
         correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
         n += len(batch["label"])
+    failures.finish()
     return correct / max(1, n), n
 
 
@@ -40,7 +45,8 @@ def evaluate_backgrounds(model: nn.Module, data_dir: str | Path, *, class_names:
                          split: str = "val", variants: tuple[str, ...] = VARIANTS,
                          batch_size: int = 128, num_workers: int = 0,
                          device: str | torch.device = "cpu") -> dict:
-    """Top-1 per variant (fractions in [0, 1]), image counts and ``bg_gap`` = mixed_same - mixed_rand.
+    """Top-1 per variant (fractions in [0, 1]), image counts, ``bg_gap`` = mixed_same - mixed_rand, and the
+    unreadable images left out (``num_failed`` per variant, ``failed``: variant, path, reason).
 
     Labels follow ``class_names`` (the model's classes), matched to the class folders by name.
     """
@@ -50,12 +56,15 @@ def evaluate_backgrounds(model: nn.Module, data_dir: str | Path, *, class_names:
     if missing:
         raise FileNotFoundError(f"{data_dir}: missing variant folder(s) "
                                 f"{', '.join(f'{v}/{split}' for v in missing)} (Backgrounds Challenge layout)")
-    result: dict = {"accuracy": {}, "num_images": {}}
+    result: dict = {"accuracy": {}, "num_images": {}, "num_failed": {}, "failed": []}
     for v in variants:
         ds, _ = build_image_dataset(data_dir / v, split, train=False, img_size=img_size, mean=mean, std=std,
                                     class_names=class_names)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-        result["accuracy"][v], result["num_images"][v] = top1(model, loader, device)
+        failures = LoadFailures(what="images")
+        result["accuracy"][v], result["num_images"][v] = top1(model, loader, device, failures)
+        result["num_failed"][v] = len(failures.failed)
+        result["failed"] += [{"variant": v, **f} for f in failures.summary()["failed"]]
     acc = result["accuracy"]
     if "mixed_same" in acc and "mixed_rand" in acc:
         result["bg_gap"] = acc["mixed_same"] - acc["mixed_rand"]
