@@ -8,6 +8,7 @@ from torch import nn
 
 import timematters
 from timematters.models.convert import (hf_config_to_kwargs, inflate_patch_kernel, jax_vit_to_timm, load_pretrained,
+                                        official_motionformer_to_ours,
                                         read_hf_config, resample_time_embed, timm_vit_to_jax)
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=2)
@@ -207,7 +208,8 @@ def test_vit_inflated_into_xvit(vit_file):
     path, vit = vit_file
     xv = timematters.create_model("xvit_tiny", num_classes=5, num_frames=4, img_size=32, **SMALL).eval()
     report = load_pretrained(xv, path)
-    assert report.missing and all(k.startswith(("consensus", "head")) for k in report.missing)
+    assert report.missing and all(k.startswith(("consensus", "head", "temporal_cls", "temporal_pos"))
+                                  for k in report.missing)
     assert xv.temp_embed.abs().sum() == 0
     frame, video = static_clip(6, seed=10)
     with torch.no_grad():
@@ -231,6 +233,55 @@ def test_vit_inflated_into_motionformer(vit_file, tubelet):
     torch.testing.assert_close(mf.blocks[0].attn.proj_q.weight, vit.blocks[0].attn.qkv.weight[:64])
     with torch.no_grad():
         assert torch.isfinite(mf(static_clip(4, seed=11)[1])).all()
+
+
+@pytest.mark.parametrize("tubelet", [1, 2])
+def test_official_motionformer_checkpoint_loads_strictly(tmp_path, tubelet):
+    """An official Motionformer .pyth: both patch embeddings (the 3-D one used only for tubelets > 1) and the
+    Linear + tanh ``pre_logits`` head, as PySlowFast saves them. It loads with no missing or unexpected tensor
+    and gives the model that wrote it."""
+    src = randomize_(timematters.create_model("motionformer_tiny", num_classes=5, num_frames=4, img_size=32,
+                                              tubelet_size=tubelet, **SMALL), 21).eval()
+    g = torch.Generator().manual_seed(22)
+    official = dict(src.state_dict())
+    kernel = official.pop("patch_embed.proj.weight")
+    bias = official.pop("patch_embed.proj.bias")
+    D = kernel.shape[0]
+    if tubelet == 1:   # the 2-D embedding is used; the 3-D one stays at its zero init
+        official.update({"patch_embed.proj.weight": kernel, "patch_embed.proj.bias": bias,
+                         "patch_embed_3d.proj.weight": torch.zeros(D, 3, 2, 16, 16),
+                         "patch_embed_3d.proj.bias": torch.zeros(D)})
+    else:              # the 3-D embedding is used; the 2-D one is an unused ImageNet kernel
+        official.update({"patch_embed.proj.weight": torch.randn(D, 3, 16, 16, generator=g),
+                         "patch_embed.proj.bias": torch.randn(D, generator=g),
+                         "patch_embed_3d.proj.weight": kernel, "patch_embed_3d.proj.bias": bias})
+    assert {"pre_logits.fc.weight", "pre_logits.fc.bias"} <= official.keys()
+    path = tmp_path / "motionformer.pyth"
+    torch.save({"epoch": 35, "model_state": official, "optimizer_state": {}, "cfg": "yaml text"}, path)
+
+    dst = timematters.create_model("motionformer_tiny", num_classes=5, num_frames=4, img_size=32,
+                                   tubelet_size=tubelet, **SMALL).eval()
+    report = load_pretrained(dst, path)                  # strict
+    assert report.source_arch == "motionformer" and not report.missing and not report.unexpected
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    x = static_clip(4, seed=23)[1] + 0.1 * torch.randn(1, 4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+    converted = official_motionformer_to_ours({f"model.{k}": v for k, v in official.items()}, tubelet)
+    assert converted.keys() == src.state_dict().keys()   # pure: also from a "model."-prefixed state dict
+
+
+def test_motionformer_pre_logits_reads_every_token():
+    """The official head's Linear + tanh runs after the final norm on the CLS and on every patch token, so
+    TIME's order and flow heads read what the classifier reads."""
+    mf = randomize_(timematters.create_model("motionformer_tiny", num_classes=5, num_frames=4, img_size=32,
+                                             **SMALL), 24).eval()
+    with torch.no_grad():
+        f = mf.forward_features(static_clip(4, seed=25)[1], return_hidden=True)
+        last = f.hidden[-1]                               # (B, T, N, D) before the final norm
+        torch.testing.assert_close(f.tokens, torch.tanh(mf.pre_logits.fc(mf.norm(last))))
+    assert f.tokens.abs().max() <= 1 and f.cls.abs().max() <= 1
 
 
 def test_inflate_patch_kernel_equals_central_frame_conv():

@@ -65,8 +65,9 @@ def test_forward_backward_surface(name):
     assert isinstance(f, Features)
     assert f.cls.shape == (2, 64) and f.tokens.shape == (2, T, 4, 64) and f.grid == (T, 4)
     assert len(f.hidden) == 2 and all(h.shape == (2, T, 4, 64) for h in f.hidden)
-    # tokens are the final-normed last hidden state
-    torch.testing.assert_close(f.tokens, model.norm(f.hidden[-1]))
+    # tokens are the final-normed last hidden state (then Motionformer's official Linear + tanh pre_logits)
+    post = getattr(model, "pre_logits", torch.nn.Identity())
+    torch.testing.assert_close(f.tokens, post(model.norm(f.hidden[-1])))
     assert model.forward_features(x).hidden is None
     logits = model.forward_head(f)
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
@@ -146,7 +147,7 @@ def test_a_few_steps_reduce_the_loss(name):
     y = torch.tensor([0, 1, 2, 3])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(24):   # X-ViT's official head (LN -> Linear -> GELU -> Linear) starts slower than one Linear
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -241,17 +242,44 @@ def test_timesformer_and_motionformer_attend_over_all_frames():
         assert torch.all(change > 1e-4), (name, change)
 
 
-def test_xvit_cls_is_the_consensus_output():
+def test_xvit_shift_moves_head_groups_across_all_channels():
+    """The official temporal_shift.py: over all D channels of K and V (heads concatenated), the first quarter
+    comes from frame t+1, the second from t-1 (zero past the ends): whole heads move, not a slice of each."""
+    from timematters.models.xvit import temporal_shift
+
+    B, T, L, H, d = 1, 4, 3, 8, 4
+    t = torch.arange(1, T + 1, dtype=torch.float32).view(1, T, 1, 1).expand(B, T, L, H * d)  # value = frame + 1
+    out = temporal_shift(t).view(B, T, L, H, d)
+    frame = torch.arange(T)
+    nxt = torch.where(frame + 1 < T, frame + 2, 0).float()         # t+1's value, 0 past the end
+    prev = torch.where(frame > 0, frame, 0).float()                # t-1's value, 0 before the start
+    for h in range(H):
+        expected = nxt if h < H // 4 else prev if h < H // 2 else (frame + 1).float()
+        assert torch.equal(out[0, :, 0, h, :], expected[:, None].expand(T, d)), h
+
+
+def test_xvit_head_is_the_official_one():
+    """A learnable CLS over the per-frame CLS tokens (one transformer layer), then LN -> Linear -> GELU ->
+    Dropout -> Linear."""
     model = build("xvit_tiny").eval()
     x = inputs("xvit_tiny", seed=9)
     with torch.no_grad():
-        f = model.forward_features(x, return_hidden=True)
-        frame_cls = model.norm(model.blocks[-1](model.blocks[0](  # recompute the per-frame CLS path by hand
-            torch.cat([(model.cls_token + model.pos_embed[:, :1]).expand(2, 4, 1, 64),
-                       model.patch_embed(x)[0] + model.pos_embed[:, None, 1:]], dim=2) + model.temp_embed)))[:, :, 0]
-        expected = model.consensus_norm(model.consensus(frame_cls)).mean(dim=1)
-    torch.testing.assert_close(f.cls, expected)
-    assert f.head_input is None
+        f = model.forward_features(x)
+        tokens = torch.cat([(model.cls_token + model.pos_embed[:, :1]).expand(2, 4, 1, 64),
+                            model.patch_embed(x)[0] + model.pos_embed[:, None, 1:]], dim=2) + model.temp_embed
+        for blk in model.blocks:
+            tokens = blk(tokens)
+        frame_cls = model.norm(tokens)[:, :, 0]                                   # (B, T, D)
+        seq = torch.cat([model.temporal_cls.expand(2, 1, 64), frame_cls], dim=1) + model.temporal_pos
+        cls = model.consensus_norm(model.consensus(seq)[:, 0])
+        logits = model.head(model.head_drop(torch.nn.functional.gelu(model.head_fc(cls))))
+    torch.testing.assert_close(f.cls, cls)
+    torch.testing.assert_close(model.forward_head(f), logits)
+    torch.testing.assert_close(model(x), logits)
+    # the temporal CLS reads the frames in order: swapping two frames' CLS tokens changes it
+    with torch.no_grad():
+        swapped = seq[:, [0, 2, 1, 3, 4]] - model.temporal_pos[:, [0, 2, 1, 3, 4]] + model.temporal_pos
+        assert not torch.allclose(model.consensus_norm(model.consensus(swapped)[:, 0]), cls)
 
 
 def test_timesformer_fused_temporal_projection_matches_two_layers():

@@ -5,6 +5,7 @@ Formats read (detected from the path and the key names):
 * timm ImageNet ViT / DeiT: ``.pth`` / ``.bin`` / ``.safetensors`` (timm key names) and the original
   Google JAX ``.npz`` (``Transformer/encoderblock_{i}/...``).
 * official TimeSformer ``.pyth`` (``{"model_state": {"model.blocks.0.temporal_attn.qkv.weight": ...}}``).
+* official Motionformer ``.pyth`` (``patch_embed_3d.*``, ``pre_logits.fc.*``; see ``official_motionformer_to_ours``).
 * a Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` directory written by
   ``save_pretrained`` (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
 * our own state dicts (also wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, ``module.`` prefixes), and
@@ -101,6 +102,21 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
 def official_timesformer_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """Official TimeSformer (``model.`` prefix, same names as ours otherwise) -> ours."""
     return strip_prefix(sd, "model.")
+
+
+def official_motionformer_to_ours(sd: Mapping[str, torch.Tensor], tubelet_size: int = 1) -> StateDict:
+    """Official Motionformer (PySlowFast ``VisionTransformer`` with trajectory attention) -> ours.
+
+    The official model holds a 2-D ``patch_embed`` and a 3-D ``patch_embed_3d`` (zero-initialised) and uses
+    the 3-D one only when ``VIT.PATCH_SIZE_TEMP`` > 1: for ``tubelet_size`` > 1 ``patch_embed_3d`` becomes our
+    ``patch_embed``, otherwise it is dropped (unused). Every other name (``pre_logits.fc``, ``temp_embed``,
+    ``blocks.*.attn.proj_q`` ...) is ours already; a ``model.`` prefix is stripped.
+    """
+    sd = strip_prefix(sd, "model.")
+    used = "patch_embed_3d." if tubelet_size > 1 else "patch_embed."
+    out = {k: v for k, v in sd.items() if not k.startswith(("patch_embed.", "patch_embed_3d."))}
+    out.update({"patch_embed." + k[len(used):]: v for k, v in sd.items() if k.startswith(used)})
+    return out
 
 
 # Hugging Face TimeSformer name <-> ours, both directions from one table. ``{i}`` is a block index; a name
@@ -359,9 +375,16 @@ def inflate_vit_to_motionformer(sd: Mapping[str, torch.Tensor], num_frames: int,
     return out
 
 
+# parts of a video backbone an image ViT has no counterpart for: they keep the model's own init
+NEW_IN_VIDEO = {
+    "xvit": ("temporal_cls", "temporal_pos", "consensus.", "consensus_norm.", "head_fc."),   # the official head
+    "motionformer": ("pre_logits.",),                                                      # Linear + tanh
+}
+
+
 def inflate_vit_to_xvit(sd: Mapping[str, torch.Tensor], num_frames: int) -> StateDict:
-    """X-ViT's ImageNet init: the ViT unchanged, zero temporal embedding; the temporal consensus
-    block is new (not in the image checkpoint), so it stays at the model's own init."""
+    """X-ViT's ImageNet init: the ViT unchanged, zero temporal embedding; the head over the per-frame CLS
+    tokens is new (not in the image checkpoint), so it stays at the model's own init (``NEW_IN_VIDEO``)."""
     out = _drop_head(sd)
     D = out["cls_token"].shape[-1]
     out["temp_embed"] = torch.zeros(1, num_frames, 1, D)
@@ -401,6 +424,8 @@ def model_arch(model: nn.Module) -> str:
 def convert_for_model(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[StateDict, str]:
     """Canonical names, then inflate an image ViT when ``model`` is a video backbone."""
     sd = to_canonical(sd)
+    if any(k.startswith(("patch_embed_3d.", "model.patch_embed_3d.")) for k in sd):   # official Motionformer
+        sd = official_motionformer_to_ours(sd, getattr(model.patch_embed, "tubelet_size", 1))
     src, dst = detect_arch(sd), model_arch(model)
     if src == dst:
         return sd, src
@@ -459,12 +484,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)
     report.unexpected = list(result.unexpected_keys)
-    if src == "vit" and model_arch(model) == "xvit":
-        # the temporal consensus block has no counterpart in an image model
-        allowed = {k for k in report.missing if k.startswith(("consensus.", "consensus_norm."))}
-    else:
-        allowed = set()
-    allowed |= {k for k in report.missing if k.startswith("head.")}
+    new_parts = NEW_IN_VIDEO.get(model_arch(model), ()) if src == "vit" else ()
+    allowed = {k for k in report.missing if k.startswith(("head.", *new_parts))}
     bad_missing = [k for k in report.missing if k not in allowed]
     if strict and (bad_missing or report.unexpected):
         raise ValueError(f"{path}: weights do not fit {type(model).__name__}:\n"

@@ -4,9 +4,13 @@ Each patch query attends over the patches of every frame separately (softmax ove
 giving one trajectory token per frame; a second, 1-D attention over those T trajectory tokens (queried by
 the token of the query's own frame) gives the output. The CLS attends jointly to all tokens. Cost
 O(T^2 N^2). Parameter names follow the official code (``attn.qkv``, ``attn.proj_q``, ``attn.proj_kv``,
-``temp_embed``).
+``temp_embed``, ``pre_logits.fc``); official checkpoints load through ``convert.official_motionformer_to_ours``.
+``Features.cls`` / ``Features.tokens`` are read after the final norm and the official ``pre_logits``
+(Linear + tanh), on every token as in TIME's official code.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +107,12 @@ class Motionformer(BackboneMixin, nn.Module):
                  num_classes: int = 400, num_frames: int = 8, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6,
-                 tubelet_size: int = 1, v_from_x: bool = False):
+                 tubelet_size: int = 1, v_from_x: bool = False, pre_logits: bool = True):
         """``tubelet_size``: frames per patch (the paper uses 2; TIME used 1x16x16 patches, our default).
-        ``v_from_x``: reproduce the official code's value slip (see :class:`TrajectoryAttention`)."""
+        ``v_from_x``: reproduce the official code's value slip (see :class:`TrajectoryAttention`); the
+        official default is ``True`` (``VIT.USE_ORIGINAL_TRAJ_ATTN_CODE``).
+        ``pre_logits``: the official head's Linear + tanh (``VIT.USE_MLP``, ``HEAD_ACT: tanh``) after the final
+        norm; as TIME's official code, it runs on every token, so order/flow heads read what the classifier reads."""
         super().__init__()
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
@@ -124,6 +131,8 @@ class Motionformer(BackboneMixin, nn.Module):
             for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.pre_logits = (nn.Sequential(OrderedDict(fc=nn.Linear(embed_dim, embed_dim), act=nn.Tanh()))
+                           if pre_logits else nn.Identity())
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -147,4 +156,6 @@ class Motionformer(BackboneMixin, nn.Module):
             cls, x = self.run_block(blk, cls, x)
             if hidden is not None:
                 hidden.append(x)
-        return Features(cls=self.norm(cls[:, 0]), tokens=self.norm(x), hidden=hidden)
+        B, T, N, D = x.shape
+        out = self.pre_logits(self.norm(torch.cat([cls, x.reshape(B, T * N, D)], dim=1)))   # (B, 1+T'*N, D)
+        return Features(cls=out[:, 0], tokens=out[:, 1:].reshape(B, T, N, D), hidden=hidden)

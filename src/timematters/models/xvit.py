@@ -1,13 +1,17 @@
-"""X-ViT: space-time mixing attention (Bulat et al., NeurIPS 2021).
+"""X-ViT: space-time mixing attention (Bulat et al., NeurIPS 2021), as the official code (its
+``temporal_shift.py`` and head) used by TIME.
 
 Every frame keeps its own CLS token and attends spatially over ``1 + N`` tokens, but the keys and values
-mix channels of neighbouring frames: per head, the first quarter of the channels comes from frame t-1,
-the second quarter from t+1, the rest from t (a temporal shift of K and V, zero past the clip ends as in
-TSM). A one-layer temporal transformer over the T per-frame CLS tokens (the consensus) gives the clip
-feature.
+mix channels of neighbouring frames: over all D channels (heads concatenated, so whole head groups move),
+the first quarter comes from frame t+1, the second quarter from t-1, the rest from t (TSM's shift with
+``n_div`` = 4, zero past the clip ends). The head, as the official one: a learnable CLS token is prepended
+to the T per-frame CLS tokens (with a learnable temporal position embedding), one transformer layer runs
+over them, and its CLS output goes through LN -> Linear -> GELU -> Dropout -> Linear (the last Linear is
+``head``).
 
-``Features.cls`` is the consensus output averaged over frames ``(B, D)`` (what the classifier reads);
-``Features.tokens`` are the per-frame patch tokens ``(B, T, N, D)``.
+``Features.cls`` is the temporal CLS output after the LN ``(B, D)``; ``Features.head_input`` is that after
+Linear -> GELU ``(B, D)`` (what ``head_drop`` and ``head`` read); ``Features.tokens`` are the per-frame patch tokens
+``(B, T, N, D)``.
 """
 from __future__ import annotations
 
@@ -20,17 +24,18 @@ from .layers import (BackboneMixin, PatchEmbed, drop_path_rates, init_weights, r
 from .vit import Block
 
 
-def shift_mix(t: torch.Tensor) -> torch.Tensor:
-    """Temporal channel mixing of ``(B, T, H, L, d)``: channels [0, d/4) from t-1, [d/4, d/2) from t+1."""
-    d = t.shape[-1]
-    c = d // 4
-    prev = F.pad(t[:, :-1, ..., :c], (0, 0) * (t.ndim - 2) + (1, 0))          # frame t sees t-1 (zero at t=0)
-    nxt = F.pad(t[:, 1:, ..., c:2 * c], (0, 0) * (t.ndim - 2) + (0, 1))       # frame t sees t+1 (zero at T-1)
-    return torch.cat([prev, nxt, t[..., 2 * c:]], dim=-1)
+def temporal_shift(t: torch.Tensor, n_div: int = 4) -> torch.Tensor:
+    """TSM shift of ``(B, T, ..., D)`` over the last axis: channels [0, D/n_div) from frame t+1,
+    [D/n_div, 2D/n_div) from frame t-1 (zero past the ends), the rest unchanged."""
+    c = t.shape[-1] // n_div
+    pad = (0, 0) * (t.ndim - 2)
+    nxt = F.pad(t[:, 1:, ..., :c], pad + (0, 1))                # frame t sees t+1 (zero at T-1)
+    prev = F.pad(t[:, :-1, ..., c:2 * c], pad + (1, 0))          # frame t sees t-1 (zero at 0)
+    return torch.cat([nxt, prev, t[..., 2 * c:]], dim=-1)
 
 
 class MixingAttention(nn.Module):
-    """Per-frame attention whose keys/values are temporally channel-mixed; ``(B, T, L, D) -> (B, T, L, D)``."""
+    """Per-frame attention whose keys/values are temporally shifted; ``(B, T, L, D) -> (B, T, L, D)``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
@@ -47,12 +52,11 @@ class MixingAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, L, D = x.shape
         H, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(B, T, L, 3, H, d).permute(3, 0, 1, 4, 2, 5)     # each (B, T, H, L, d)
-        k, v = shift_mix(k), shift_mix(v)
-        o = F.scaled_dot_product_attention(
-            q.reshape(B * T, H, L, d), k.reshape(B * T, H, L, d), v.reshape(B * T, H, L, d),
-            dropout_p=self.attn_drop if self.training else 0.0)                     # (B*T, H, L, d)
-        o = o.view(B, T, H, L, d).permute(0, 1, 3, 2, 4).reshape(B, T, L, D)
+        q, k, v = self.qkv(x).view(B, T, L, 3, D).unbind(3)                        # each (B, T, L, D)
+        k, v = temporal_shift(k), temporal_shift(v)                                # across all channels
+        q, k, v = (t.reshape(B * T, L, H, d).transpose(1, 2) for t in (q, k, v))   # each (B*T, H, L, d)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        o = o.transpose(1, 2).reshape(B, T, L, D)
         return self.proj_drop(self.proj(o))
 
 
@@ -67,7 +71,7 @@ class MixingBlock(Block):
 
 class XViT(BackboneMixin, nn.Module):
     arch = "xvit"
-    _no_weight_decay = ("pos_embed", "cls_token", "temp_embed")
+    _no_weight_decay = ("pos_embed", "cls_token", "temp_embed", "temporal_cls", "temporal_pos")
 
     def __init__(self, *, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 400, num_frames: int = 8, embed_dim: int = 768, depth: int = 12,
@@ -88,15 +92,21 @@ class XViT(BackboneMixin, nn.Module):
             for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        # temporal consensus: one transformer layer over the T per-frame CLS tokens, then the mean
+        # the official head: a learnable CLS over the T per-frame CLS tokens, one transformer layer,
+        # then LN -> Linear -> GELU -> Dropout -> Linear (head)
+        self.temporal_cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.temporal_pos = nn.Parameter(torch.zeros(1, 1 + num_frames, embed_dim))
         self.consensus = Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, 0.0,
                                layer_norm_eps)
         self.consensus_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.head_fc = nn.Linear(embed_dim, embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.temporal_cls, std=0.02)
+        nn.init.trunc_normal_(self.temporal_pos, std=0.02)
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor, return_hidden: bool = False) -> Features:
@@ -117,6 +127,8 @@ class XViT(BackboneMixin, nn.Module):
             if hidden is not None:
                 hidden.append(x[:, :, 1:])
         x = self.norm(x)
-        frame_cls = self.consensus(x[:, :, 0])                                # (B, T, D)
-        cls = self.consensus_norm(frame_cls).mean(dim=1)                      # (B, D)
-        return Features(cls=cls, tokens=x[:, :, 1:], hidden=hidden)
+        pos = torch.cat([self.temporal_pos[:, :1], resample_time_embed(self.temporal_pos[:, 1:], T)], dim=1)
+        seq = torch.cat([self.temporal_cls.expand(B, 1, -1), x[:, :, 0]], dim=1) + pos  # (B, 1+T, D)
+        cls = self.consensus_norm(self.consensus(seq)[:, 0])                  # (B, D) the temporal CLS, LN
+        head_input = F.gelu(self.head_fc(cls))                                # (B, D) -> Linear -> GELU
+        return Features(cls=cls, tokens=x[:, :, 1:], hidden=hidden, head_input=head_input)
