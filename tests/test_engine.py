@@ -100,6 +100,68 @@ def test_checkpoint_pointer_and_pruning(tmp_path):
         ckpt.resolve_weights(tmp_path / "checkpoints")
 
 
+def _two_checkpoints(run_dir):
+    lin = torch.nn.Linear(3, 2)
+    for step in (2, 4):
+        with torch.no_grad():
+            lin.weight.fill_(step)
+        ckpt.save_checkpoint(run_dir, model=lin, objective=None, spec={"name": "x"}, step=step,
+                             train_state={"global_step": step})
+    return run_dir / "checkpoints"
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated train.pt", "missing weights",
+                                    "missing train.pt", "truncated latest.json"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, damage):
+    d = _two_checkpoints(tmp_path)
+    newest = {"weights": d / "ckpt-0000004.safetensors", "train.pt": d / "ckpt-0000004.train.pt",
+              "latest.json": d / "latest.json"}[damage.split()[1]]
+    if damage.startswith("truncated"):
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:
+        newest.unlink()
+    lin = torch.nn.Linear(3, 2)
+    state, weights = ckpt.load_latest_training_state(tmp_path, model=lin, objective=None)
+    expected = 4 if damage == "truncated latest.json" else 2  # the pointer's target is intact there
+    assert state["global_step"] == expected and weights.name == f"ckpt-{expected:07d}.safetensors"
+    assert torch.all(lin.weight == expected)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert newest.name in warned, warned
+    assert ("missing" if damage.startswith("missing") else "unreadable") in warned
+
+
+def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
+    d = _two_checkpoints(tmp_path)
+    for f in d.glob("*.train.pt"):
+        f.write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(ckpt.CheckpointError, match="no usable checkpoint.*ckpt-0000004.train.pt.*ckpt-0000002"):
+        ckpt.load_latest_training_state(tmp_path, model=torch.nn.Linear(3, 2), objective=None)
+    assert ckpt.load_latest_training_state(tmp_path / "fresh", model=torch.nn.Linear(3, 2), objective=None) is None
+
+
+def test_written_files_keep_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        d = _two_checkpoints(tmp_path)
+    finally:
+        os.umask(old)
+    for f in d.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_resume_refuses_a_changed_config_unless_forced(tmp_path, caplog):
+    from timematters.config import save_config
+    from timematters.engine.train import check_resume_config
+    save_config(load_config("synth_time", [f"run.out={tmp_path}"]), tmp_path / "config.yaml")
+    same = load_config("synth_time", [f"run.out={tmp_path}", "run.log_every=1", "run.tensorboard=false"])
+    check_resume_config(same, tmp_path, force=False)  # logging keys may change
+    changed = load_config("synth_time", [f"run.out={tmp_path}", "optim.epochs=3", "model.extra.foo=1"])
+    with pytest.raises(ValueError, match=r"in model.extra \(\{\} -> \{'foo': 1\}\), optim.epochs \(8 -> 3\); pass --force"):
+        check_resume_config(changed, tmp_path, force=False)
+    check_resume_config(changed, tmp_path, force=True)
+    assert "optim.epochs" in caplog.text
+
+
 # ------------------------------------------------------------------------------------ training runs
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
@@ -202,6 +264,28 @@ def test_sigkill_and_resume_reproduce_the_loss_curve(synth, tmp_path):
     assert a.keys() == b.keys() and max(a) > step_at_kill
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_resume_past_a_damaged_checkpoint_reproduces_the_loss_curve(synth, tmp_path):
+    run = tmp_path / "run"
+    ov = tiny_overrides(synth, run, **{"run.ckpt_every_steps": 2, "objective.weights": "{flow: 0}"})
+    first = run_cli(["train", "--config", "synth_time", *ov])
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = train_losses(run)
+    newest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    weights = run / "checkpoints" / newest["weights"]
+    weights.write_bytes(weights.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    resumed = run_cli(["train", "--config", "synth_time", "--resume", *ov])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert weights.name in resumed.stderr and "trying the previous one" in resumed.stderr
+    import re
+    step = int(re.search(r"resumed from ckpt-\d+\.safetensors at step (\d+)", resumed.stderr).group(1))
+    assert 0 < step < newest["step"]
+    after = train_losses(run)
+    assert after.keys() == before.keys()
+    for step in before:  # the steps after the previous checkpoint ran again, identically
+        assert after[step] == pytest.approx(before[step], rel=1e-5, abs=1e-6), step
 
 
 @pytest.mark.slow

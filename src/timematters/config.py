@@ -151,7 +151,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str and value is None:
         return ""
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+        raise ConfigError(f"config key '{key}': expected text, got {value!r} (YAML reads off/on/no/yes as "
+                          f"true/false: quote the value, e.g. {key.rsplit('.', 1)[-1]}: \"off\")")
     raise ConfigError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+class _Text(str):
+    """An override's value exactly as typed; :func:`_merge` reads it by the key's type."""
+
+
+def _from_text(value: Any, tp: Any) -> Any:
+    """A string-typed key takes the text as given (``optim.amp=off`` stays "off"); others parse it as YAML."""
+    if isinstance(value, _Text):
+        return str(value) if tp is str else (yaml.safe_load(value) if value != "" else "")
+    if isinstance(value, dict) and not dataclasses.is_dataclass(tp):  # free-form mapping, e.g. model.extra.k=v
+        return {k: _from_text(v, Any) for k, v in value.items()}
+    return value
 
 
 def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
@@ -162,6 +178,7 @@ def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
         if key not in names:
             raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
         current = getattr(obj, key)
+        value = _from_text(value, hints[key])
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}': expected a mapping, got {value!r}")
@@ -173,11 +190,11 @@ def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
 
 
 def parse_override(text: str) -> dict:
-    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` (value parsed as YAML)."""
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is read as YAML unless the key is a string."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = _Text(raw)
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -214,9 +231,32 @@ def to_dict(cfg: Any) -> dict:
     return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+# keys a resumed run may change: they alter what is logged or saved, not what is computed
+RESUME_FREE_KEYS = {"run.log_every", "run.tensorboard", "run.wandb", "run.ckpt_every_steps", "data.num_workers"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (config sections only; dict-valued keys stay whole)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and dataclasses.is_dataclass(getattr(Config(), k, None)):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: Config, new: Config, ignore: set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every key whose value differs, except those in ``ignore``."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    from .utils import atomic_write_text  # utils imports torch; keep this module light
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package

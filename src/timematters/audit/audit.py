@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,14 +208,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        run_audit(args.model, args.data, args.out, names=args.names, format=args.format, split=args.split,
-                  probe_split=args.probe_split, views=args.views, crops=args.crops, batch_size=args.batch_size,
-                  num_workers=args.num_workers, shuffles=args.shuffles, seed=args.seed, groups=args.groups,
-                  device=args.device, amp=args.amp, limit=args.limit, probe_train_videos=args.probe_train_videos,
-                  probe_test_videos=args.probe_test_videos, gradcam_videos=args.gradcam_videos,
-                  probe=not args.no_probe)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"timematters audit: error: {e}", file=sys.stderr)
-        return 2
+    run_audit(args.model, args.data, args.out, names=args.names, format=args.format, split=args.split,
+              probe_split=args.probe_split, views=args.views, crops=args.crops, batch_size=args.batch_size,
+              num_workers=args.num_workers, shuffles=args.shuffles, seed=args.seed, groups=args.groups,
+              device=args.device, amp=args.amp, limit=args.limit, probe_train_videos=args.probe_train_videos,
+              probe_test_videos=args.probe_test_videos, gradcam_videos=args.gradcam_videos,
+              probe=not args.no_probe)
     return 0

@@ -300,8 +300,8 @@ def open_video(path: str | Path, *, backend: str = "auto", num_frames: int | Non
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; expected one of {BACKENDS}")
     if backend == "torchcodec" and not torchcodec_available():
-        raise RuntimeError("decode backend 'torchcodec' requested but torchcodec is not installed or cannot "
-                           "load the system FFmpeg libraries (pip install 'timematters[torchcodec]')")
+        raise DecodeError(path, "decode backend 'torchcodec' requested but torchcodec is not installed or cannot "
+                          "load the system FFmpeg libraries (pip install 'timematters[torchcodec]')")
     if backend == "torchcodec" or (backend == "auto" and torchcodec_available()):
         try:
             return TorchcodecReader(path, num_frames=num_frames, threads=threads, fallback=backend == "auto")

@@ -812,15 +812,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    try:
-        out = generate(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-                       bias=args.bias, val_fraction=args.val_fraction, difficulty=args.difficulty,
-                       contrast=args.contrast, object_size=args.object_size, clutter=args.clutter,
-                       texture=args.texture, backdrop=args.backdrop, fps=args.fps, crf=args.crf, workers=args.workers,
-                       force=args.force, progress=True)
-    except (ValueError, FileExistsError) as e:
-        print(f"timematters synth: error: {e}", file=sys.stderr)
-        return 2
+    out = generate(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
+                   bias=args.bias, val_fraction=args.val_fraction, difficulty=args.difficulty,
+                   contrast=args.contrast, object_size=args.object_size, clutter=args.clutter,
+                   texture=args.texture, backdrop=args.backdrop, fps=args.fps, crf=args.crf, workers=args.workers,
+                   force=args.force, progress=True)
     meta = load_meta(out)
     n_t = sum(c["group"] == "temporal" for c in meta["classes"])
     print(f"wrote {args.videos} videos ({meta['splits']['train']} train / {meta['splits']['validation']} "

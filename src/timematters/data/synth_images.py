@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from timematters.utils import rng_for
+from timematters.utils import atomic_write_text, rng_for
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "cross", "bars", "diamond", "tee")
 PATTERNS = ("stripes", "checks", "dots")
@@ -236,7 +236,7 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
 
     info = {"benchmark": "timematters synthetic backgrounds", "classes": names,
             "variants": list(VARIANTS), **asdict(spec)}
-    (out / "benchmark.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -7,13 +7,17 @@ A run directory holds::
     checkpoints/ckpt-000120.train.pt      optimiser, scaler, RNG states, epoch/step counters
     checkpoints/latest.json           {"step": 120, "weights": ..., "train_state": ...}
 
-Every file is written to a temporary name and renamed (atomic on POSIX); ``latest.json`` is replaced
-last, so a run killed at any moment resumes from the last complete checkpoint.
+Every file is written to a temporary name and renamed (atomic on POSIX, the folder fsynced after the
+rename); ``latest.json`` is replaced last, so a run killed at any moment resumes from the last complete
+checkpoint. The previous checkpoint is kept: when the newest is damaged (a truncated or missing file, an
+unreadable ``latest.json``), resuming falls back to it with a warning.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,11 @@ from torch import nn
 from ..utils import atomic_write_bytes
 
 CKPT_DIR = "checkpoints"
+log = logging.getLogger("timematters.checkpoint")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, or not written by timematters."""
 
 
 def _tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,7 +54,10 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, objective: nn.Modu
     buf = io.BytesIO()
     torch.save(train_state, buf)
     atomic_write_bytes(ckpt_dir / f"{name}.train.pt", buf.getvalue())
-    previous = latest_checkpoint(run_dir)
+    try:
+        previous = latest_checkpoint(run_dir)
+    except CheckpointError:
+        previous = None
     pointer = {"step": step, "weights": f"{name}.safetensors", "train_state": f"{name}.train.pt"}
     atomic_write_bytes(ckpt_dir / "latest.json", json.dumps(pointer).encode())
     # keep the new checkpoint and the one it replaces; anything older goes
@@ -58,13 +70,85 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, objective: nn.Modu
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path, Path] | None:
-    """(weights, train_state) of the last complete checkpoint of a run, or None."""
+    """(weights, train_state) that ``latest.json`` names, or None when the run has no pointer."""
     ckpt_dir = Path(run_dir) / CKPT_DIR
     pointer = ckpt_dir / "latest.json"
     if not pointer.is_file():
         return None
-    info = json.loads(pointer.read_text())
-    return ckpt_dir / info["weights"], ckpt_dir / info["train_state"]
+    try:
+        info = json.loads(pointer.read_text())
+        return ckpt_dir / info["weights"], ckpt_dir / info["train_state"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{pointer}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    ckpt_dir = Path(run_dir) / CKPT_DIR
+    return (ckpt_dir / "latest.json").exists() or any(ckpt_dir.glob("ckpt-*.safetensors"))
+
+
+def _step_of(path: Path) -> int:
+    m = re.match(r"ckpt-(\d+)\.safetensors$", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def _candidates(run_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Checkpoints to try, newest first (the pointer's, then the others by step), and problems found so far."""
+    problems, out = [], []
+    try:
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            out.append(found)
+    except CheckpointError as e:
+        problems.append(str(e))
+    for weights in sorted((run_dir / CKPT_DIR).glob("ckpt-*.safetensors"), key=_step_of, reverse=True):
+        if all(weights != w for w, _ in out):
+            out.append((weights, weights.with_name(weights.name.replace(".safetensors", ".train.pt"))))
+    return out, problems
+
+
+def _damage(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError) or not path.exists():
+        return f"{path.name}: missing"
+    return f"{path.name}: unreadable, truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+
+
+def load_latest_training_state(run_dir: str | Path, *, model: nn.Module,
+                               objective: nn.Module | None) -> tuple[dict[str, Any], Path] | None:
+    """Load the newest usable checkpoint of a run into ``model``/``objective``; (train state, weights file).
+
+    A damaged checkpoint is skipped with a warning naming what was wrong; None when the run has none;
+    :class:`CheckpointError` when it has checkpoints but none of them loads.
+    """
+    run_dir = Path(run_dir)
+    candidates, problems = _candidates(run_dir)
+    for p in problems:
+        log.warning("%s; looking for another checkpoint", p)
+    for weights, train_state in candidates:
+        try:
+            tensors = load_file(str(weights))  # reads every tensor: a truncated file fails here
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            problems.append(_damage(weights, e))
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", weights.stem, problems[-1])
+            continue
+        try:
+            state = torch.load(train_state, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - zip/pickle errors of a damaged file
+            problems.append(_damage(train_state, e))
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", weights.stem, problems[-1])
+            continue
+        try:
+            model.load_state_dict(split_state(tensors, "model"))
+            if objective is not None:
+                objective.load_state_dict(split_state(tensors, "objective"))
+        except RuntimeError as e:
+            raise CheckpointError(f"{weights}: the weights do not fit the configured model "
+                                  f"({str(e).splitlines()[0]} ...)") from None
+        return state, weights
+    if problems:
+        raise CheckpointError(f"{run_dir}: no usable checkpoint to resume from ({'; '.join(problems)}); "
+                              "start a new run (another run.out) or restore the checkpoints")
+    return None
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -74,6 +158,8 @@ def resolve_weights(path: str | Path) -> Path:
         found = latest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"{path}: no checkpoints/latest.json (not a timematters run directory?)")
+        if not found[0].is_file():
+            raise CheckpointError(f"{path}: latest.json names {found[0].name}, which is missing")
         return found[0]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
@@ -82,10 +168,13 @@ def resolve_weights(path: str | Path) -> Path:
 
 def read_spec(path: str | Path) -> dict:
     weights = resolve_weights(path)
-    with safe_open(str(weights), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+        raise CheckpointError(f"{weights}: not a readable safetensors checkpoint ({e})") from None
     if "spec" not in meta:
-        raise ValueError(f"{weights}: no model spec in the safetensors metadata (not written by timematters?)")
+        raise CheckpointError(f"{weights}: no model spec in the safetensors metadata (not written by timematters?)")
     return json.loads(meta["spec"])
 
 
@@ -105,18 +194,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     weights = resolve_weights(path)
     spec = read_spec(weights)
     model = create_model(spec["name"], **spec["create_kwargs"])
-    state = split_state(load_file(str(weights)), "model")
+    try:
+        state = split_state(load_file(str(weights)), "model")
+    except Exception as e:  # noqa: BLE001 - a truncated file
+        raise CheckpointError(f"{weights}: unreadable, truncated or corrupt ({e})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not fit model '{spec['name']}': "
+        raise CheckpointError(f"{weights}: weights do not fit model '{spec['name']}': "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval(), spec
-
-
-def load_training_state(weights: Path, train_state: Path, *, model: nn.Module,
-                        objective: nn.Module | None) -> dict[str, Any]:
-    tensors = load_file(str(weights))
-    model.load_state_dict(split_state(tensors, "model"))
-    if objective is not None:
-        objective.load_state_dict(split_state(tensors, "objective"))
-    return torch.load(train_state, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..config import load_config
+from ..utils import atomic_write_text
 
 RUNS = [("baseline", "synth_baseline"), ("+TIME", "synth_time")]
 META = "timematters-meta.json"
@@ -65,8 +66,8 @@ def run_demo(out: Path, *, videos: int, frames: int, size: int, seed: int, bias:
         train(cfg, resume=True)  # a killed demo continues where it stopped
         results[name] = json.loads((run_dir / "val_metrics.json").read_text())
     table = summary_table(results, order_blind_ceiling(data))
-    (out / "table.md").write_text(table + "\n")
-    (out / "table.json").write_text(json.dumps(results, indent=1, default=float))
+    atomic_write_text(out / "table.md", table + "\n")
+    atomic_write_text(out / "table.json", json.dumps(results, indent=1, default=float))
     print("\nValidation top-1 (%) on original and frame-shuffled clips (synthetic benchmark):\n")
     print(table)
     if audit:

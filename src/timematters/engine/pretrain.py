@@ -15,14 +15,17 @@ METHODS = {"rtt": "rtt", "taco": "taco", "svt": "svt", "time": "time_pretrain"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="pretraining objective")
     p.add_argument("--config", required=True, help="YAML file or a name in configs/")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept a config that differs from the run's config.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.lr=3e-4 (before or after the options)")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     cfg.objective.method = METHODS[args.method]
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, force=args.force)
     return 0

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import Config, load_config, save_config, to_dict
+from ..config import RESUME_FREE_KEYS, Config, ConfigError, config_diff, load_config, save_config, to_dict
 from ..data.dataset import LoadFailures
 from ..objectives import Objective, build_objective
-from ..utils import rng_for
+from ..utils import atomic_write_text, rng_for
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, param_groups
@@ -300,12 +300,42 @@ def scalar_metrics(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
-def train(cfg: Config, *, resume: bool = False) -> dict:
-    """Train according to ``cfg``; returns the last validation metrics (rank 0) or {}."""
+def check_resume_config(cfg: Config, run_dir: Path, *, force: bool) -> None:
+    """Refuse to resume a run with a config that differs from its ``config.yaml`` (``force``: warn only)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        diff = config_diff(load_config(saved), cfg, RESUME_FREE_KEYS)
+    except ConfigError as e:
+        if not force:
+            raise ConfigError(f"--resume: cannot read the run's config ({e}); pass --force to resume anyway")
+        log.warning("--resume --force: cannot read the run's config (%s)", e)
+        return
+    if not diff:
+        return
+    listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in diff)
+    if not force:
+        raise ConfigError(f"--resume: the config differs from {saved} in {listed}; pass --force to resume "
+                          "with the new values, or choose another run.out")
+    log.warning("--resume --force: continuing with a changed config: %s", listed)
+
+
+def train(cfg: Config, *, resume: bool = False, force: bool = False) -> dict:
+    """Train according to ``cfg``; returns the last validation metrics (rank 0) or {}.
+
+    ``resume`` continues the run in ``cfg.run.out`` from its newest usable checkpoint; its config must
+    match the run's ``config.yaml`` except for logging keys, unless ``force``.
+    """
     info = init_distributed(cfg.run.device)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     run_dir = Path(cfg.run.out)
+    if not resume and ckpt.has_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run's checkpoints: pass --resume to continue it, "
+                              "or choose another run.out")
+    if resume:
+        check_resume_config(cfg, run_dir, force=force)
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.run.seed)  # model init: identical on every rank
@@ -349,20 +379,20 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             milestones=o.milestones, gamma=o.gamma)
 
     global_step = 0
-    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"{run_dir} already holds a run's checkpoints: pass --resume to continue it, "
-                              "or choose another run.out")
-    found = ckpt.latest_checkpoint(run_dir) if resume else None
-    if resume and found is None and info.is_main:
+    loaded = ckpt.load_latest_training_state(run_dir, model=model, objective=objective) if resume else None
+    if resume and loaded is None and info.is_main:
         log.info("--resume: no checkpoint in %s, starting from scratch", run_dir)
-    if found is not None:
-        state = ckpt.load_training_state(*found, model=model, objective=objective)
+    if loaded is not None:
+        state, weights = loaded
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            for i, s in enumerate(state["rng_cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
         global_step = int(state["global_step"])
-        log.info("resumed from %s at step %d", found[0].name, global_step)
+        log.info("resumed from %s at step %d", weights.name, global_step)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -373,7 +403,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         if not info.is_main:
             return
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                 "rng_cpu": torch.get_rng_state(), "global_step": step, "config": to_dict(cfg)}
+                 "rng_cpu": torch.get_rng_state(), "global_step": step, "config": to_dict(cfg),
+                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         ckpt.save_checkpoint(run_dir, model=model, objective=objective, spec=spec, train_state=state, step=step)
 
     def on_step(step: int) -> None:
@@ -408,7 +439,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             metrics.write("val" if val_loader is not None else "epoch", global_step, values)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
             if last_val:
-                (run_dir / "val_metrics.json").write_text(json.dumps(last_val, indent=1, default=float))
+                atomic_write_text(run_dir / "val_metrics.json", json.dumps(last_val, indent=1, default=float))
         barrier(info)
     if info.is_main:  # end-of-run summary of the unreadable training videos (already summed over ranks)
         metrics.write("data", global_step, {"train_" + k: v for k, v in run_failures.summary().items()})
@@ -422,10 +453,13 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML file, or a name in configs/ (e.g. synth_time)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept a config that differs from the run's config.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.lr=3e-4 (before or after the options)")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, force=args.force)
     return 0

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_model(args.checkpoint, device=device)
     if spec.get("num_frames", 1) != 1:
-        raise SystemExit(f"eval-backgrounds: {args.checkpoint} is a video model (num_frames="
+        raise ValueError(f"eval-backgrounds: {args.checkpoint} is a video model (num_frames="
                          f"{spec['num_frames']}); the Backgrounds Challenge needs an image model")
     result = evaluate_backgrounds(model, args.data, class_names=spec["class_names"], img_size=spec["img_size"],
                                   mean=tuple(spec["mean"]), std=tuple(spec["std"]), split=args.split,

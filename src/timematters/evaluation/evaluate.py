@@ -396,7 +396,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"timematters eval: error: {e}") from None
     data_root = args.data or loaded.data_root
     if not data_root:
-        raise SystemExit(f"eval: {args.checkpoint} does not name its dataset; pass --data DIR")
+        raise ValueError(f"eval: {args.checkpoint} does not name its dataset; pass --data DIR")
     loader, class_names = build_eval_loader(loaded, data_root, args.format, split=args.split,
                                             views=args.views, crops=args.crops, batch_size=args.batch_size,
                                             num_workers=args.num_workers, limit=args.limit)

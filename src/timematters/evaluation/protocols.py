@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.dataset import LoadFailures
-from ..utils import resolve_device, rng_for, torch_rng_for
+from ..utils import atomic_write_text, resolve_device, rng_for, torch_rng_for
 from .features import clip_features, extract_features, video_keys
 
 RETRIEVAL_KS = (1, 5, 10, 20, 50)
@@ -372,7 +372,7 @@ def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dic
     text = json.dumps(record, indent=1, default=str)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_text(args.out, text)
     shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
              if isinstance(v, (int, float))}
     print(f"{protocol}: {shown}")
