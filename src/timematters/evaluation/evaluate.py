@@ -390,10 +390,7 @@ def main(args: argparse.Namespace) -> int:
     from timematters.audit.audit import build_eval_loader
 
     device = resolve_device(args.device)
-    try:
-        loaded = load_any(args.checkpoint, device=device)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"timematters eval: error: {e}") from None
+    loaded = load_any(args.checkpoint, device=device)  # a user error becomes one line in cli.main
     data_root = args.data or loaded.data_root
     if not data_root:
         raise ValueError(f"eval: {args.checkpoint} does not name its dataset; pass --data DIR")

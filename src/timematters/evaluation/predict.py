@@ -94,14 +94,9 @@ def main(args: argparse.Namespace) -> int:
     from timematters.models.hf import from_pretrained
 
     if args.top < 1 or args.shuffles < 1:
-        print("timematters predict: error: --top and --shuffles must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError("--top and --shuffles must be >= 1")
     device = resolve_device(args.device)
-    try:
-        model = from_pretrained(args.model, device=device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"timematters predict: error: {e}", file=sys.stderr)
-        return 2
+    model = from_pretrained(args.model, device=device)  # a user error becomes one line in cli.main
     results, failed = [], []
     for i, video in enumerate(args.videos):
         try:

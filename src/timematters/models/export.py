@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -135,11 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        out = export(args.run, args.out, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"timematters export-hf: error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.run, args.out, overwrite=args.overwrite)  # a user error becomes one line in cli.main
     print(f"exported {args.run} -> {out}")
     return 0
 
