@@ -63,7 +63,8 @@ def test_user_errors_are_one_line_and_exit_2(kind, broken):
         "damaged checkpoint": (["linear", "--checkpoint", broken / "weights.safetensors"], ["weights.safetensors"]),
         "annotations": (["train", "--config", "synth_baseline", f"data.root={broken / 'ssv2'}",
                          f"run.out={broken / 'out'}"], ["something-something-v2-labels.json", "invalid JSON"]),
-        "missing data": (["data", "check", broken / "absent"], [str(broken / "absent"), "does not exist"]),
+        "missing data": (["train", "--config", "synth_baseline", f"data.root={broken / 'absent'}",
+                          f"run.out={broken / 'out'}"], [str(broken / "absent"), "does not exist"]),
         "not a run": (["audit", "--model", run, "--out", broken / "report"], [str(run), "latest.json"]),
         # overrides before and after --resume; the documented value `off` as written
         "resume config": (["train", "--config", "synth_time", f"run.out={run}", "optim.amp=off", "--resume",
