@@ -119,6 +119,12 @@ def test_exclude_mode_markers_collate_and_counts(tmp_path):
     assert failures.loads == 10 and failures.failed_loads == 8 and len(failures.failed) == 4
     with pytest.raises(TooManyFailures, match="8 of 10 loads failed.*max_fail_ratio=0.5"):
         failures.finish()
+    # the same through DataLoader workers: markers travel in the batches, the main process counts them
+    from torch.utils.data import DataLoader
+    parallel = LoadFailures(max_fail_ratio=1.0)
+    kept = list(parallel.track(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate)))
+    assert sum(len(b["video"]) for b in kept) == 2 and all("excluded" not in b for b in kept)
+    assert (parallel.loads, parallel.failed_loads) == (10, 8) and parallel.failed == failures.failed
     # training substitutes: the sample names the failed loads it stands in for, and LoadFailures counts them
     train = VideoDataset(records, num_frames=4, img_size=32, train=True, scale=(32, 36), max_fail_ratio=1.0)
     sample = train[1]

@@ -80,12 +80,20 @@ def read_annotations(root: str | Path, format: str, split: str, *,
 def refuse_outside_root(records: list[VideoRecord], root: Path) -> None:
     """AnnotationError for the first record whose path (symbolic links followed) is not under ``root``."""
     real_root = Path(os.path.realpath(root))
-    real_dirs: dict[Path, Path] = {}      # parent folder -> its real path (videos share a few folders)
+    folders: dict[str, tuple[bool, set[str]]] = {}  # parent -> (its real path is inside, its symlinks' names)
     for r in records:
-        parent = r.path.parent
-        if parent not in real_dirs:
-            real_dirs[parent] = Path(os.path.realpath(parent))
-        real = Path(os.path.realpath(r.path)) if r.path.is_symlink() else real_dirs[parent] / r.path.name
+        parent, _, name = os.path.abspath(r.path).rpartition(os.sep)
+        if parent not in folders:      # videos share a few folders: one realpath + one listing per folder
+            try:
+                with os.scandir(parent) as it:
+                    links = {e.name for e in it if e.is_symlink()}
+            except OSError:                # a missing folder: its videos are reported missing later
+                links = set()
+            folders[parent] = (Path(os.path.realpath(parent)).is_relative_to(real_root), links)
+        inside, links = folders[parent]
+        if inside and name not in links:
+            continue
+        real = Path(os.path.realpath(r.path))
         if not real.is_relative_to(real_root):
             via = f" (it resolves to {real})" if real != r.path else ""
             raise AnnotationError(f"{r.where or r.path}: video {r.path} is outside the dataset root {real_root}"
