@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from timematters.models.convert import ours_to_hf_timesformer, timesformer_to_hf_config
-from timematters.models.hf import EXPORT_TYPE
+from timematters.models.hf import EXPORT_TYPE, import_transformers
 
 
 def run_dir_of(run: Path) -> Path:
@@ -30,7 +30,7 @@ def run_dir_of(run: Path) -> Path:
 
 
 def save_hf_timesformer(model: nn.Module, spec: dict, out: Path) -> None:
-    import transformers
+    transformers = import_transformers()
 
     config = transformers.TimesformerConfig(**timesformer_to_hf_config(model, spec["class_names"]))
     hf = transformers.TimesformerForVideoClassification(config)

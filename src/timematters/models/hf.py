@@ -322,7 +322,7 @@ def _triple(v) -> tuple[float, float, float]:
 
 
 def _default_processor(model_type: str) -> tuple[dict, str]:
-    import transformers
+    transformers = import_transformers()
     from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
 
     names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type)
@@ -390,7 +390,10 @@ def resolve_source(source: str | Path) -> Path:
         raise FileNotFoundError(f"model '{source}' is not a local path, and huggingface_hub (needed for Hub "
                                 "ids) is not installed: pip install 'timematters[hub]'") from None
     try:
-        folder = snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.md"])
+        # configs and safetensors weights; repos that only hold pytorch_model.bin get those instead
+        folder = snapshot_download(str(source), allow_patterns=["*.json", "*.md", "*.safetensors"])
+        if not any(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(str(source), allow_patterns=["*.json", "*.md", "*.bin"])
     except Exception as e:  # network, missing repo, gated repo, offline without a cached copy
         raise FileNotFoundError(f"model '{source}': not a local path, and the Hub download failed "
                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -407,10 +410,17 @@ def _read_config(folder: Path) -> dict | None:
         raise ValueError(f"{cfg}: not valid JSON ({e})") from None
 
 
+def import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("Hugging Face models need transformers: pip install 'timematters[hub]'") from None
+    return transformers
+
+
 def load_hf(folder: Path, *, random_init: bool = False, seed: int = 0) -> tuple[HFVideoClassifier, dict]:
     """A ``save_pretrained`` folder of a family in :data:`HF_FAMILIES`; returns the adapter and its cfg."""
-    import transformers
-
+    transformers = import_transformers()
     model_type = (_read_config(folder) or {}).get("model_type")
     if model_type not in HF_FAMILIES:
         raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not a supported video "
