@@ -39,3 +39,19 @@ def test_user_json_groups(tmp_path):
         resolve_groups(str(path), ["b"])
     with pytest.raises(ValueError, match="unknown class-group"):
         resolve_groups("bogus", ["b"])
+
+
+def test_resolve_classes_takes_names_and_groups_in_dataset_order():
+    from timematters.evaluation.groups import resolve_classes
+
+    classes = ["Folding [something]", "Lifting [something] up completely, then letting it drop down",
+               "Putting something on a surface", "Moving something and something closer to each other",
+               "Squeezing something"]
+    assert resolve_classes("temporal_subset", classes) == [classes[1], classes[3]]
+    assert resolve_classes(["static", "Putting something on a surface"], classes) == [classes[0], classes[2],
+                                                                                        classes[4]]
+    assert resolve_classes(["squeezing [something]", "folding something"], classes) == [classes[0], classes[4]]
+    with pytest.raises(ValueError, match="neither a class of the dataset nor a group"):
+        resolve_classes(["Folding something", "Juggling"], classes)
+    with pytest.raises(ValueError, match="two or more"):
+        resolve_classes(["Folding something"], classes)

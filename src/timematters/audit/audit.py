@@ -36,8 +36,11 @@ def build_dataset(loaded: LoadedModel, root: str | Path, format: str | None, *, 
     from timematters.data.dataset import build_video_dataset
 
     fmt = format or loaded.data_format or "ssv2"
-    outside = bool(((loaded.spec or {}).get("data") or {}).get("allow_outside_root", False))
+    data = (loaded.spec or {}).get("data") or {}
+    outside = bool(data.get("allow_outside_root", False))
+    # a model trained on a class subset (data.classes) is evaluated on that subset
     return build_video_dataset(root, fmt, split, train=False, limit=limit, allow_outside_root=outside,
+                               classes=data.get("classes"),
                                num_frames=loaded.num_frames,
                                img_size=loaded.img_size, mean=loaded.mean, std=loaded.std, views=views,
                                crops=crops, short_side=loaded.short_side)

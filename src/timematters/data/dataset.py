@@ -336,12 +336,24 @@ def _batch_size(batch: dict) -> int:
 
 def build_video_dataset(root: str | Path, format: str, split: str, *, train: bool, limit: int = 0,
                         class_names: Sequence[str] | None = None, allow_outside_root: bool = False,
+                        classes: Sequence[str] | Callable[[list[str]], list[str]] | None = None,
                         **kwargs) -> tuple[VideoDataset, list[str]]:
     """Read the annotations of ``split`` and wrap them in a ``VideoDataset`` (``limit`` > 0 keeps the first N).
 
-    ``class_names`` (e.g. the training split's) relabels the records by class name; a class of ``split``
-    that is not among them is an ``AnnotationError``."""
+    ``classes`` keeps a class subset: the names to keep, or a function of the split's class names that
+    returns them; labels become indices into that list (unlabelled records stay). ``class_names`` (e.g. the
+    training split's) then relabels the records by class name; a class of ``split`` that is not among them is
+    an ``AnnotationError``."""
     records, names = read_annotations(root, format, split, allow_outside_root=allow_outside_root)
+    if classes is not None:
+        keep = list(classes(names) if callable(classes) else classes)
+        unknown = [c for c in keep if c not in names]
+        if unknown:
+            raise AnnotationError(f"{root}: split {split!r} has no class {unknown[0]!r} (data.classes)")
+        index = {c: i for i, c in enumerate(keep)}
+        records = [r if r.label < 0 else replace(r, label=index[names[r.label]])
+                   for r in records if r.label < 0 or names[r.label] in index]
+        names = keep
     if class_names is not None and list(class_names) != names:
         index = {c: i for i, c in enumerate(class_names)}
         unknown = sorted({names[r.label] for r in records if r.label >= 0} - set(index))

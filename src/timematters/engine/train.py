@@ -78,6 +78,8 @@ def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None, class_
     training split's) labels another split by class name. Training substitutes unreadable videos, evaluation
     excludes them (the datasets' ``on_error`` defaults)."""
     d = cfg.data
+    if d.classes and d.format == "imagefolder":
+        raise ValueError("data.classes selects classes of a video dataset; imagefolder data has no class subsets")
     if d.format == "imagefolder":
         from ..data.images import build_image_dataset
         return build_image_dataset(d.root, split, train=train, img_size=d.img_size, mean=d.mean, std=d.std,
@@ -89,7 +91,19 @@ def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None, class_
         sampling=d.sampling, stride=d.stride, scale=d.scale, randaugment=d.randaugment if train else "",
         flip=d.flip and train, mean=d.mean, std=d.std, views=1 if train else d.val_views,
         crops=1 if train else d.val_crops, seed=cfg.run.seed, label_fn=label_fn,
-        max_fail_ratio=d.max_fail_ratio, class_names=class_names, allow_outside_root=d.allow_outside_root)
+        max_fail_ratio=d.max_fail_ratio, class_names=class_names, allow_outside_root=d.allow_outside_root,
+        classes=_class_subset(cfg, class_names))
+
+
+def _class_subset(cfg: Config, class_names=None):
+    """``data.classes`` for ``build_video_dataset``: resolved on the training split's names (groups or names),
+    then the training subset for every other split. None = all classes."""
+    if not cfg.data.classes:
+        return None
+    if class_names is not None:
+        return list(class_names)
+    from ..evaluation.groups import resolve_classes
+    return lambda names: resolve_classes(cfg.data.classes, names, cfg.data.root)
 
 
 def collate_fn(cfg: Config):
@@ -121,7 +135,8 @@ def model_spec(cfg: Config, class_names: list[str]) -> dict:
     kwargs.update(m.extra)
     return {"name": m.name, "create_kwargs": kwargs, "class_names": list(class_names),
             "num_frames": kwargs["num_frames"], "img_size": d.img_size, "mean": list(d.mean),
-            "std": list(d.std), "data": {"root": d.root, "format": d.format, "allow_outside_root": d.allow_outside_root},
+            "std": list(d.std), "data": {"root": d.root, "format": d.format, "allow_outside_root": d.allow_outside_root,
+                                         **({"classes": list(class_names)} if d.classes else {})},
             "method": cfg.objective.method}
 
 

@@ -168,3 +168,30 @@ def resolve_groups(spec: str | None, class_names: Sequence[str], data_root: str 
     if Path(spec).suffix == ".json" or Path(spec).is_file():
         return load_groups_json(spec, class_names)
     raise ValueError(f"unknown class-group choice {spec!r}: use auto, ssv2, ssv2-subsets, synth, none or a .json file")
+
+
+def resolve_classes(spec: str | Sequence[str], class_names: Sequence[str], data_root: str | Path | None = None
+                    ) -> list[str]:
+    """``data.classes``: class names and/or group names -> the chosen classes, in the dataset's order.
+
+    Groups are the paper's SSv2 lists (``temporal``, ``static``, ``temporal_subset``, ``static_subset``) and,
+    for the synthetic benchmark, the groups of its meta file. Class names match like SSv2 templates.
+    """
+    items = [spec] if isinstance(spec, str) else [str(x) for x in spec]
+    groups = {**ssv2_groups(class_names), **ssv2_groups(class_names, subsets=True)}
+    if data_root is not None and (Path(data_root) / SYNTH_META).is_file():
+        groups.update(synth_groups(data_root, class_names))
+    chosen: set[str] = set()
+    for item in items:
+        if item in groups:
+            chosen.update(groups[item])
+            continue
+        found, missing = match_templates([item], class_names)
+        if missing:
+            raise ValueError(f"data.classes: {item!r} is neither a class of the dataset nor a group "
+                             f"({', '.join(sorted(groups)) or 'this dataset has none'})")
+        chosen.update(found)
+    out = [c for c in class_names if c in chosen]
+    if len(out) < 2:
+        raise ValueError(f"data.classes: {list(items)} selects {len(out)} class(es); a classifier needs two or more")
+    return out
