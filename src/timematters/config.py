@@ -36,8 +36,8 @@ class DataConfig:
     allow_outside_root: bool = False   # accept annotation entries that resolve outside data.root
     val_views: int = 1                 # temporal views at eval
     val_crops: int = 1                 # spatial crops at eval (1 = centre, 3 = left/centre/right)
-    classes: Any = ()                  # class subset (video data): names and/or groups (temporal, static,
-                                       # temporal_subset, static_subset, the synth benchmark's); () = all
+    classes: str | list[str] = ""      # class subset (video data): a name or group, or a list of them (groups:
+                                       # temporal, static, temporal_subset, static_subset, the synth benchmark's)
 
 
 @dataclass

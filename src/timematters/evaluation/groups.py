@@ -177,6 +177,8 @@ def resolve_classes(spec: str | Sequence[str], class_names: Sequence[str], data_
     Groups are the paper's SSv2 lists (``temporal``, ``static``, ``temporal_subset``, ``static_subset``) and,
     for the synthetic benchmark, the groups of its meta file. Class names match like SSv2 templates.
     """
+    if not isinstance(spec, (str, list, tuple)):
+        raise ValueError(f"data.classes: expected a class or group name or a list of them, got {spec!r}")
     items = [spec] if isinstance(spec, str) else [str(x) for x in spec]
     groups = {**ssv2_groups(class_names), **ssv2_groups(class_names, subsets=True)}
     if data_root is not None and (Path(data_root) / SYNTH_META).is_file():
