@@ -61,10 +61,13 @@ def test_eval_cli_excludes_counts_and_lists_a_broken_video(folder_run, tmp_path,
 
 def test_audit_and_knn_report_the_excluded_video(folder_run, tmp_path):
     run, data, broken = folder_run
-    assert cli_main(["audit", "--model", str(run), "--split", "val", "--no-probe", "--gradcam-videos", "2",
-                     "--shuffles", "1", "--out", str(tmp_path / "audit")]) == 0
-    ev = json.loads((tmp_path / "audit" / "metrics.json").read_text())["models"][0]["eval"]
+    assert cli_main(["audit", "--model", str(run), "--split", "val", "--probe-split", "val", "--gradcam-videos",
+                     "2", "--shuffles", "1", "--out", str(tmp_path / "audit")]) == 0
+    audited = json.loads((tmp_path / "audit" / "metrics.json").read_text())["models"][0]
+    ev = audited["eval"]
     assert ev["num_failed"] == 1 and ev["failed"][0]["path"] == str(broken) and ev["num_videos"] == 4
+    assert audited["probe"]["num_failed"] == 2 and {f["path"] for f in audited["probe"]["failed"]} == {str(broken)}
+    assert audited["probe"]["num_test_clips"] == 4
     out = tmp_path / "knn.json"
     assert cli_main(["knn", "--checkpoint", str(run), "--val-split", "val", "--k", "2", "--num-workers", "0",
                      "--out", str(out)]) == 0
@@ -135,30 +138,68 @@ def test_exclude_mode_markers_collate_and_counts(tmp_path):
     assert counted.failed_loads == len(lost) and counted.summary()["num_failed"] == len({f["path"] for f in lost})
 
 
-def test_engine_validation_excludes_and_training_counts_bad_videos(tmp_path):
-    """One epoch of real training: the broken validation video is excluded and listed in val_metrics.json,
-    the broken training video is substituted and counted in metrics.jsonl (per epoch and for the run)."""
+def _broken_synth(tmp_path):
+    """A small synthetic benchmark with one broken training and one broken validation video; the run's
+    overrides (every training video is drawn in the one epoch)."""
     from test_engine import tiny_overrides
-    from timematters.config import load_config
     from timematters.data.synth import generate
-    from timematters.engine.train import train
     data = generate(tmp_path / "data", videos=28, frames=8, size=32, seed=0, bias=0.0, workers=1)
     split = {s: [str(e["id"]) for e in json.loads((data / f"something-something-v2-{s}.json").read_text())]
              for s in ("train", "validation")}
     video = lambda vid: data / "20bn-something-something-v2" / f"{vid}.webm"  # noqa: E731
-    video(split["validation"][0]).write_bytes(b"")
-    video(split["train"][0]).write_bytes(video(split["train"][0]).read_bytes()[:200])
-    batch = len(split["train"]) // 2            # every training video is drawn in the epoch
-    cfg = load_config("synth_baseline", tiny_overrides(data, tmp_path / "run", **{
-        "optim.epochs": 1, "optim.batch_size": batch, "data.max_fail_ratio": 0.5}))
-    val = train(cfg)
+    bad = {"validation": video(split["validation"][0]), "train": video(split["train"][0])}
+    bad["validation"].write_bytes(b"")
+    bad["train"].write_bytes(bad["train"].read_bytes()[:200])
+    batch = 2 * (len(split["train"]) // 2)     # one optimiser step: every training video is drawn
+    overrides = tiny_overrides(data, tmp_path / "run", **{"optim.epochs": 1, "optim.batch_size": batch,
+                                                          "optim.micro_batch": batch // 2,
+                                                          "data.max_fail_ratio": 0.5})
+    return split, bad, overrides
+
+
+def _rows(run_dir) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {kind: next(r for r in rows if r["type"] == kind) for kind in ("val", "data")}
+
+
+def test_engine_validation_excludes_and_training_counts_bad_videos(tmp_path):
+    """One epoch of real training: the broken validation video is excluded and listed in val_metrics.json,
+    the broken training video is substituted and counted in metrics.jsonl (per epoch and for the run)."""
+    from timematters.config import load_config
+    from timematters.engine.train import train
+    split, bad, overrides = _broken_synth(tmp_path)
+    video = lambda vid: bad["validation"].parent / f"{vid}.webm"  # noqa: E731
+    val = train(load_config("synth_baseline", overrides))
     assert val["num_failed"] == 1 and val["failed"][0]["path"] == str(video(split["validation"][0]))
     assert val["num_videos"] == len(split["validation"]) - 1
     saved = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
     assert saved["failed"] == val["failed"]
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    epoch = next(r for r in rows if r["type"] == "val")
+    rows = _rows(tmp_path / "run")
+    epoch = rows["val"]
     assert epoch["num_failed"] == 1 and epoch["train_num_failed"] == 1 and epoch["train_failed_loads"] >= 1
-    summary = next(r for r in rows if r["type"] == "data")
+    summary = rows["data"]
     assert summary["train_num_failed"] == 1
     assert summary["train_failed"][0]["path"] == str(video(split["train"][0]))
+
+
+@pytest.mark.slow
+def test_torchrun_counts_match_one_process(tmp_path):
+    """Under DDP each rank sees part of the data; the counts in metrics.jsonl are summed over the ranks."""
+    import os
+    import subprocess
+    import sys
+    from test_engine import REPO, _free_port, run_cli
+    _, bad, overrides = _broken_synth(tmp_path)
+    one = run_cli(["train", "--config", "synth_baseline", *overrides])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_ov = [o.replace(str(tmp_path / "run"), str(tmp_path / "two")) for o in overrides]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "timematters.cli", "train",
+                          "--config", "synth_baseline", *two_ov], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rows(tmp_path / "run"), _rows(tmp_path / "two")
+    for kind, keys in (("val", ("num_failed", "failed_loads", "loads", "train_num_failed", "train_failed_loads")),
+                       ("data", ("train_num_failed", "train_failed_loads", "train_loads", "train_failed"))):
+        assert {k: a[kind][k] for k in keys} == {k: b[kind][k] for k in keys}, kind
+    assert b["val"]["num_failed"] == 1 and b["data"]["train_failed"][0]["path"] == str(bad["train"])

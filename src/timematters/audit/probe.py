@@ -20,14 +20,16 @@ from timematters.utils import torch_rng_for
 
 @torch.no_grad()
 def block_features(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: str | torch.device,
-                   amp_dtype: torch.dtype | None = None, max_clips: int | None = None) -> list[torch.Tensor]:
-    """Spatially averaged tokens of every block: a list (one per block) of ``(n, T', D)`` float32 CPU tensors."""
+                   amp_dtype: torch.dtype | None = None, max_clips: int | None = None,
+                   failures: LoadFailures | None = None) -> list[torch.Tensor]:
+    """Spatially averaged tokens of every block: a list (one per block) of ``(n, T', D)`` float32 CPU tensors.
+    Videos that fail to load are left out and counted in ``failures``."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     per_block: list[list[torch.Tensor]] | None = None
     seen = 0
-    failures = LoadFailures()              # unreadable videos are left out (and named in one line)
+    failures = failures if failures is not None else LoadFailures()
     try:
         for batch in failures.track(loader):
             video = batch["video"].to(device, non_blocking=True)
@@ -98,9 +100,13 @@ def order_probe(model: nn.Module, train_loader: Iterable, test_loader: Iterable,
                 amp_dtype: torch.dtype | None = None, max_train_clips: int | None = None,
                 max_test_clips: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Per-block frame-order accuracy. Returns ``blocks`` (1-based), ``test_acc``, ``train_acc`` (%),
-    ``chance`` (%), ``num_frames`` (T') and the clip counts."""
-    train = block_features(model, train_loader, device=device, amp_dtype=amp_dtype, max_clips=max_train_clips)
-    test = block_features(model, test_loader, device=device, amp_dtype=amp_dtype, max_clips=max_test_clips)
+    ``chance`` (%), ``num_frames`` (T'), the clip counts and the videos left out (``num_failed``, ``failed``)."""
+    lost = {"train": LoadFailures(), "test": LoadFailures()}
+    train = block_features(model, train_loader, device=device, amp_dtype=amp_dtype, max_clips=max_train_clips,
+                           failures=lost["train"])
+    test = block_features(model, test_loader, device=device, amp_dtype=amp_dtype, max_clips=max_test_clips,
+                          failures=lost["test"])
+    failed = [{"split": s, **f} for s, fl in lost.items() for f in fl.summary()["failed"]]
     results = [fit_order_probe(a, b, seed=seed) for a, b in zip(train, test)]
     T = train[0].shape[1]
     return {
@@ -111,6 +117,8 @@ def order_probe(model: nn.Module, train_loader: Iterable, test_loader: Iterable,
         "num_frames": T,
         "num_train_clips": train[0].shape[0],
         "num_test_clips": test[0].shape[0],
+        "num_failed": len(failed),
+        "failed": failed,
     }
 
 
