@@ -167,7 +167,7 @@ def test_audit_any_hf_family_end_to_end(bench, tmp_path, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_eval_and_frozen_feature_protocols_accept_hf_models(bench, tmp_path, family):
+def test_eval_and_protocols_accept_hf_models(bench, tmp_path, family):
     root, data, names = bench
     model = str(root / family)
     common = ["--data", str(data), "--limit", "8", "--num-workers", "0", "--batch-size", "4"]
@@ -180,6 +180,10 @@ def test_eval_and_frozen_feature_protocols_accept_hf_models(bench, tmp_path, fam
         assert cli_main([protocol, "--checkpoint", model, *common, *extra, "--out", str(out)]) == 0
         record = json.loads(out.read_text())
         assert record["videos_train"] == 8 and record["videos_test"] > 0
+    # fine-tuning replaces the HF classifier with one for the dataset's classes
+    out = tmp_path / "finetune.json"
+    assert cli_main(["finetune", "--checkpoint", model, *common, "--epochs", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["videos_test"] > 0
 
 
 def test_trained_timesformer_round_trips_into_transformers(bench, tmp_path):
