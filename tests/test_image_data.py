@@ -111,6 +111,22 @@ def test_bad_images_are_skipped_counted_and_substituted(tmp_path, caplog):
     assert "4 bad images" in ds.failure_summary()
 
 
+def test_evaluation_excludes_bad_images_and_lists_them(tmp_path):
+    from timematters.data.dataset import LoadFailures
+    from torch.utils.data import DataLoader
+    write_folder(tmp_path, split="val", per_class=3)
+    broken = tmp_path / "val" / "cat" / "1.png"
+    broken.write_bytes(b"")
+    ds, _ = build(tmp_path, "val", train=False, max_fail_ratio=0.5)
+    assert ds.on_error == "exclude" and ds[1] == {"excluded": {"path": str(broken), "reason": ds.failed[str(broken)],
+                                                               "index": 1}}
+    failures = LoadFailures(what="images")
+    batches = list(failures.track(DataLoader(ds, batch_size=2, collate_fn=collate)))
+    assert sum(len(b["label"]) for b in batches) == 5 and all("excluded" not in b for b in batches)
+    summary = failures.finish()
+    assert summary["num_failed"] == 1 and summary["failed"][0]["path"] == str(broken)
+
+
 def test_too_many_failures_stop_with_the_files_named(tmp_path):
     write_folder(tmp_path, per_class=2)
     for name in ("0.png", "1.png"):
