@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from test_data_videos import write_video
+from videos import write_video
 from timematters import cli
 from timematters.config import CONFIG_DIR, load_config, to_dict
 from timematters.engine.pretrain import METHODS

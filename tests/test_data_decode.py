@@ -68,6 +68,23 @@ def test_awkward_files_decode_frame_exact(corpus, name, backend):
             assert reader.substituted == 0
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_awkward_files_decode_frame_exact_seeking_every_time(corpus, name, monkeypatch):
+    """The same with the demuxer seeking to every run's keyframe instead of reading ahead to it (the
+    corpus' files are short: reading ahead is what happens otherwise)."""
+    monkeypatch.setattr(decode, "READ_AHEAD", 0)
+    seeks = []
+    seek = VideoReader._seek
+    monkeypatch.setattr(VideoReader, "_seek", lambda self, target: seeks.append(seek(self, target)) or seeks[-1])
+    item, full = corpus[name]
+    with open_video(item.path, backend="pyav") as reader:
+        for indices in _index_sets(reader.num_frames, seed=1)[1:]:
+            np.testing.assert_array_equal(reader.get_frames(indices), full[np.minimum(indices, len(full) - 1)],
+                                          err_msg=f"{name} ({item.note}) {indices}")
+    if name != "vp9.webm":  # (one keyframe: nothing to seek to)
+        assert any(seeks), "every seek failed: decoding restarted from the first packet each time"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backends_agree_on_a_fresh_reader_per_clip(corpus, backend):
     """What a dataset does: a new reader per clip, seeking straight to the clip's frames."""

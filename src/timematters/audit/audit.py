@@ -43,7 +43,8 @@ def build_dataset(loaded: LoadedModel, root: str | Path, format: str | None, *, 
                                classes=data.get("classes"),
                                num_frames=loaded.num_frames,
                                img_size=loaded.img_size, mean=loaded.mean, std=loaded.std, views=views,
-                               crops=crops, short_side=loaded.short_side)
+                               crops=crops, short_side=loaded.short_side,
+                               backend=(loaded.spec.get("data") or {}).get("decode_backend", "auto"))
 
 
 def build_eval_loader(loaded: LoadedModel, root: str | Path, format: str | None, *, split: str, views: int = 1,

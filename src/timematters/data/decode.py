@@ -43,9 +43,10 @@ from av.codec.context import ThreadType
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "pyav", "torchcodec")
-INDEX_CACHE_SIZE = 4096      # videos whose frame index a process keeps
+INDEX_CACHE_SIZE = 20_000    # videos whose frame index a process keeps (~2-3 KB each for a 4 s clip)
 READ_AHEAD = 64              # a keyframe at most this many packets ahead is reached by reading, not seeking
 TRUNCATED_SHARE = 0.75       # packets covering less than this share of the declared duration: truncated
+NOTS = np.iinfo(np.int64).min  # "no timestamp" in the index arrays
 
 
 class DecodeError(RuntimeError):
@@ -77,10 +78,10 @@ class FrameIndex:
     pts: np.ndarray          # (N,) int64, increasing: frame i's timestamp (stream time base)
     duration: np.ndarray     # (N,) int64: time to the next frame (the last frame: its packet duration)
     keyframe: np.ndarray     # (N,) bool: frame i's packet is a keyframe
-    packet: np.ndarray       # (N,) int64: position of frame i's packet in decode order
-    start: np.ndarray        # (N,) int64: decode position of the keyframe decoding frame i starts from
+    packet: np.ndarray       # (N,) int32: position of frame i's packet in decode order
+    start: np.ndarray        # (N,) int32: decode position of the keyframe decoding frame i starts from
     seek_ts: np.ndarray      # (P,) int64 per packet in decode order: timestamp to seek to for it (min(pts, dts))
-    packet_keys: dict        # (pts, dts) of a packet -> its decode position (to find it again after a seek)
+    packet_ts: np.ndarray    # (P, 2) int64 per packet in decode order: (pts, dts), NOTS where missing
     time_base: Fraction
     fps: float               # average frame rate (frames / covered duration)
     declared_frames: int     # the header's frame count (0 when it has none), for reports only
@@ -100,6 +101,13 @@ class FrameIndex:
         if best is not None and 2 * abs(int(self.pts[best]) - ts) < max(1, int(self.duration[best])):
             return best
         return None
+
+    def packet_position(self, pts: int | None, dts: int | None) -> int | None:
+        """Decode position of the packet with these timestamps (to know where a seek landed), or None."""
+        # by pts when there is one: some demuxers (Matroska) fill in dts only while reading on from the start
+        hits = np.flatnonzero(self.packet_ts[:, 0] == pts) if pts is not None else \
+            np.flatnonzero((self.packet_ts[:, 0] == NOTS) & (self.packet_ts[:, 1] == (NOTS if dts is None else dts)))
+        return int(hits[0]) if len(hits) else None
 
     def frame_mappings_json(self) -> str:
         """The index in the JSON layout torchcodec reads as ``custom_frame_mappings`` (ffprobe's)."""
@@ -159,8 +167,9 @@ def build_index(container: av.container.InputContainer, path: str) -> FrameIndex
                                 f"declares {declared_s:.2f} s" + (f" ({demux_error})" if demux_error else ""))
     return FrameIndex(
         pts=pts, duration=duration, keyframe=np.array([rows[i][4] for i in order], bool),
-        packet=order.astype(np.int64), start=start_of_packet[order], seek_ts=seek_ts,
-        packet_keys={(r[1], r[2]): d for d, r in enumerate(rows)}, time_base=time_base, fps=fps,
+        packet=order.astype(np.int32), start=start_of_packet[order].astype(np.int32), seek_ts=seek_ts,
+        packet_ts=np.array([[NOTS if t is None else t for t in r[1:3]] for r in rows], np.int64),
+        time_base=time_base, fps=fps,
         declared_frames=max(0, int(stream.frames or 0)))
 
 
@@ -410,7 +419,7 @@ class VideoReader:
         for pkt in self._packets:  # where did it land? the first packet is recognised by its timestamps
             if pkt.size == 0 or pkt.is_discard or (pkt.pts is None and pkt.dts is None):
                 continue
-            d = self.index.packet_keys.get((pkt.pts, pkt.dts))
+            d = self.index.packet_position(pkt.pts, pkt.dts)
             if d is None or d > target:
                 return False
             self._pushed, self._next = pkt, d  # read again by the next _read()

@@ -331,7 +331,7 @@ def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: boo
         allow_outside_root=bool(spec.get("data", {}).get("allow_outside_root", False)),
         sampling=sampling, stride=stride, scale=(size, max(size, round(size * 1.25))), mean=spec["mean"],
         std=spec["std"], views=views, seed=args.seed, short_side=spec.get("short_side", 0),
-        backend=spec.get("data", {}).get("decode_backend", "auto"))
+        backend=(spec.get("data") or {}).get("decode_backend", "auto"))
     loader = DataLoader(dataset, batch_size=batch_size or args.batch_size, shuffle=train,
                         num_workers=args.num_workers, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.seed) if train else None)
