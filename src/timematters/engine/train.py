@@ -136,7 +136,8 @@ def model_spec(cfg: Config, class_names: list[str]) -> dict:
     return {"name": m.name, "create_kwargs": kwargs, "class_names": list(class_names),
             "num_frames": kwargs["num_frames"], "img_size": d.img_size, "mean": list(d.mean),
             "std": list(d.std), "data": {"root": d.root, "format": d.format, "allow_outside_root": d.allow_outside_root,
-                                         "decode_backend": d.decode_backend, **({"classes": list(class_names)} if d.classes else {})},
+                                         "decode_backend": d.decode_backend,
+                                         **({"classes": list(class_names)} if d.classes else {})},
             "method": cfg.objective.method}
 
 
