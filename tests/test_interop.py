@@ -71,7 +71,7 @@ def test_timesformer_converters_round_trip():
 
 
 # ---------------------------------------------------------------------------------------------- export
-def test_export_hf_timesformer_loads_strictly_with_equal_logits(tmp_path):
+def test_export_hf_timesformer_loads_strictly_with_equal_logits(bench, tmp_path):
     names = ["Pushing something left", "Pushing something right", "Folding something"]
     ours = make_run(tmp_path / "run", "timesformer_tiny", names, metrics={"top1": 71.5, "shuffled_top1": 40.25})
     assert cli_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
@@ -95,6 +95,10 @@ def test_export_hf_timesformer_loads_strictly_with_equal_logits(tmp_path):
     assert model.pretrained_cfg["mean"] == pytest.approx([0.45, 0.4, 0.35])
     with torch.no_grad():
         assert torch.allclose(model(x), hf(pixel_values=x).logits)
+    # transformers' own video-classification pipeline reads the folder (processor included) and decodes a file
+    video = next((bench[1] / "20bn-something-something-v2").glob("*.webm"))
+    preds = transformers.pipeline("video-classification", model=str(tmp_path / "hf"))(str(video), top_k=2)
+    assert len(preds) == 2 and all(p["label"] in names for p in preds)
     # an existing folder is not replaced unless asked
     assert cli_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
     assert cli_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf"), "--overwrite"]) == 0
