@@ -1,6 +1,7 @@
 """Clip transforms: one geometry / one augmentation draw per clip, the same op on every frame."""
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -90,6 +91,24 @@ def test_randaugment_same_draw_on_every_frame():
     np.random.seed(5)
     apply_randaugment(clip, ra, (1, 2, 3))
     assert torch.equal(torch.rand(3), a) and random.random() == b and np.random.rand() == c
+
+
+@pytest.mark.parametrize("spec", ["rand-m20-mstd0.5-inc1", "rand-m9-mstd0.5-inc1", "rand-m10-n3"])
+def test_randaugment_every_op_at_every_level(spec):
+    """Each op of the set, applied for sure at the levels the spec reaches (m20 is clipped to 10, where the
+    increasing Posterize keeps 0 bits: a black frame, not an error)."""
+    ra = build_randaugment(spec, img_size=32)
+    clip = _clip(t=2, h=32, w=40, seed=3)
+    for op in ra.ops:
+        for level in (0, 5, 10):
+            one = copy.copy(op)
+            one.prob, one.magnitude, one.magnitude_std = 1.0, level, 0.0
+            ra_one = copy.copy(ra)
+            ra_one.ops, ra_one.num_layers = [one], 1
+            out = apply_randaugment(clip, ra_one, (0, 0, level))
+            assert out.shape == clip.shape and out.dtype == torch.uint8, (op.name, level)
+            if op.name == "PosterizeIncreasing" and level == 10:
+                assert out.max() == 0
 
 
 def test_build_randaugment_is_timms_spec():

@@ -106,7 +106,23 @@ def build_randaugment(spec: str, *, img_size: int, mean=(0.5, 0.5, 0.5)):
     from timm.data.auto_augment import rand_augment_transform
     hparams = {"translate_const": int(img_size * 0.45),
                "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
-    return rand_augment_transform(spec, hparams)
+    randaugment = rand_augment_transform(spec, hparams)
+    for op in randaugment.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize
+    return randaugment
+
+
+def _posterize(img, bits_to_keep: int, **_):
+    """timm's posterize for every level: magnitude 10 of the "increasing" set keeps 0 bits, a black image
+    (what PIL returned when the reference ran; Pillow >= 10 rejects 0 bits with a ValueError). With m20
+    clipped to 10 the recipe draws it on every PosterizeIncreasing."""
+    from PIL import Image, ImageOps
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def apply_randaugment(clip: torch.Tensor, randaugment, key: tuple[int, ...]) -> torch.Tensor:
