@@ -148,9 +148,11 @@ class VideoDataset(Dataset):
         self.failures += 1
         if video not in self.failed:
             self.failed[video] = reason
-            log.warning("skipping video %s (%s); %d of %d loads failed so far, %s",
-                        self.records[video].path, reason, self.failures, self.attempts,
-                        "another video is substituted" if self.on_error == "substitute" else "it is excluded")
+            # training: a warning per video; evaluation: LoadFailures says it in one line at the end of the pass
+            level = logging.WARNING if self.on_error == "substitute" else logging.DEBUG
+            log.log(level, "skipping video %s (%s); %d of %d loads failed so far, %s",
+                    self.records[video].path, reason, self.failures, self.attempts,
+                    "another video is substituted" if self.on_error == "substitute" else "it is excluded")
         floor = min(self.min_attempts, len(self.records))
         if self.attempts >= floor and self.failures > self.max_fail_ratio * self.attempts:
             raise TooManyFailures(f"{self.failures} of {self.attempts} video loads failed (more than "
@@ -313,7 +315,9 @@ class LoadFailures:
         """One line for the screen: how many videos failed and the first few paths."""
         shown = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:limit])
         more = f"; +{len(self.failed) - limit} more" if len(self.failed) > limit else ""
-        return (f"{len(self.failed)} {self.what} failed to load and were {self.action} "
+        one = len(self.failed) == 1
+        what, verb = (self.what[:-1], "was") if one else (self.what, "were")  # "1 video was", "2 videos were"
+        return (f"{len(self.failed)} {what} failed to load and {verb} {self.action} "
                 f"({self.failed_loads} of {self.loads} loads): {shown}{more}")
 
     def finish(self, logger: logging.Logger = log) -> dict:

@@ -172,9 +172,10 @@ class ImageFolderDataset(Dataset):
         self.failures += 1
         if path not in self.failed:
             self.failed[path] = reason
-            log.warning("skipping image %s (%s); %d of %d loads failed so far, %s", path, reason, self.failures,
-                        self.attempts, "the next image is substituted" if self.on_error == "substitute"
-                        else "it is excluded")
+            level = logging.WARNING if self.on_error == "substitute" else logging.DEBUG  # see VideoDataset
+            log.log(level, "skipping image %s (%s); %d of %d loads failed so far, %s", path, reason, self.failures,
+                    self.attempts, "the next image is substituted" if self.on_error == "substitute"
+                    else "it is excluded")
         floor = min(self.min_attempts, len(self))
         if self.attempts >= floor and self.failures > self.max_fail_ratio * self.attempts:
             raise TooManyFailures(f"{self.failures} of {self.attempts} image loads in {self.split_dir} failed "
