@@ -190,8 +190,8 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def run_cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+def run_cli(args, env=None, **kw):
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     return subprocess.run([sys.executable, "-m", "timematters.cli", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, **kw)
 
@@ -211,6 +211,14 @@ def test_time_trains_and_validates_with_shuffled_metrics(synth, tmp_path):
     from timematters.engine.checkpoint import load_model
     model, spec = load_model(tmp_path / "run")
     assert spec["num_frames"] == 4 and len(spec["class_names"]) == model.num_classes
+    # what a run directory records beside config.yaml
+    epochs = [r for r in rows if r["type"] == "val"]
+    assert len(epochs) == 2 and all(r["clips_per_s"] > 0 and 0 <= r["data_time_s"] <= r["epoch_time_s"] for r in epochs)
+    start = json.loads((tmp_path / "run" / "run_info.json").read_text())["starts"][0]
+    assert start["packages"]["torch"] == torch.__version__.split("+")[0] and start["git"]["commit"]
+    assert start["command"] and start["start_step"] == 0
+    logged = (tmp_path / "run" / "train.log").read_text()
+    assert "training " in logged and "epoch 1: " in logged and "top1" in logged
 
 
 def _free_port():
@@ -286,6 +294,26 @@ def test_resume_past_a_damaged_checkpoint_reproduces_the_loss_curve(synth, tmp_p
     assert after.keys() == before.keys()
     for step in before:  # the steps after the previous checkpoint ran again, identically
         assert after[step] == pytest.approx(before[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_records_the_metrics(synth, tmp_path):
+    pytest.importorskip("wandb")
+    run = tmp_path / "run"
+    ov = tiny_overrides(synth, run, **{"optim.epochs": 1, "run.wandb": "timematters-test"})
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": os.environ.get("PATH", "")}
+    result = run_cli(["train", "--config", "synth_baseline", *ov], env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = (run / "wandb-run-id.txt").read_text().strip()
+    (log_file,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = log_file.read_bytes()
+    for key in (b"train/loss", b"val/top1", b"val/shuffled_top1", b"val/clips_per_s", b"optim"):
+        assert key in data, key
+    # resuming continues the same W&B run
+    again = run_cli(["train", "--config", "synth_baseline", "--resume", *ov], env={**os.environ, **env})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "wandb-run-id.txt").read_text().strip() == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
 
 
 @pytest.mark.slow

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     args = parse_args([a for a in argv if a != "--debug"])
+    from .utils import configure_logging
+
+    configure_logging()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -101,6 +101,7 @@ class RunConfig:
     log_every: int = 10
     eval_shuffles: int = 1             # shuffled copies per clip at validation
     tensorboard: bool = True
+    wandb: str = ""                    # Weights & Biases project ("" = off; pip install 'timematters[wandb]')
 
 
 @dataclass

@@ -17,6 +17,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -27,7 +28,7 @@ from timematters.audit.gradcam import plot_gradcam, to_display, video_gradcam
 from timematters.evaluation.groups import resolve_groups
 from timematters.audit.probe import order_probe, plot_order_probe
 from timematters.audit.report import plot_accuracy, write_report
-from timematters.utils import resolve_device
+from timematters.utils import Progress, resolve_device
 
 
 def build_dataset(loaded: LoadedModel, root: str | Path, format: str | None, *, split: str, views: int = 1,
@@ -140,8 +141,9 @@ def run_audit(model_paths: list[str], data: str | None, out: str | Path, *, name
             video = torch.stack([s["video"] for s in samples])                       # (B, T, C, H, W)
             labels = [int(s["label"]) for s in samples]
             index = loaded.label_index(class_names)
-            heat = video_gradcam(loaded.model, video, [index[y] for y in labels], num_frames=loaded.num_frames,
-                                 img_size=loaded.img_size)
+            heat = np.concatenate([video_gradcam(loaded.model, video[i:i + 1], [index[labels[i]]],
+                                                 num_frames=loaded.num_frames, img_size=loaded.img_size)
+                                   for i in Progress(range(len(samples)), desc=f"[{name}] GradCAM", unit="video")])
             entry["_gradcam"] = {"frames": to_display(video, loaded.mean, loaded.std), "heat": heat,
                                  "labels": labels, "ids": [s["meta"]["video_id"] for s in samples]}
         models.append(entry)

@@ -33,7 +33,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from timematters.utils import atomic_write_bytes, rng_for
+from timematters.utils import Progress, atomic_write_bytes, rng_for
 
 VIDEO_DIR = "20bn-something-something-v2"
 LABELS_FILE = "something-something-v2-labels.json"
@@ -708,10 +707,8 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
         pool = ProcessPoolExecutor(max_workers=workers)
         it = pool.map(_make_video, jobs, chunksize=16)
     try:
-        for n, res in enumerate(it, 1):
+        for res in Progress(it, total=videos, desc="synth", unit="video", enabled=progress):
             results.append(res)
-            if progress and (n % 200 == 0 or n == videos):
-                print(f"synth: {n}/{videos} videos ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -11,10 +11,15 @@ shuffles.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
+import os
+import shlex
+import sys
 import time
+import uuid
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import RESUME_FREE_KEYS, Config, ConfigError, config_diff, load_config, save_config, to_dict
 from ..data.dataset import LoadFailures
 from ..objectives import Objective, build_objective
-from ..utils import atomic_write_text, rng_for
+from ..utils import Progress, atomic_write_text, environment_info, rng_for
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, param_groups
@@ -183,18 +188,28 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 # ------------------------------------------------------------------------------------------- logging
 class MetricLog:
-    """JSON lines (always) and TensorBoard (optional), rank 0 only."""
+    """JSON lines (always), TensorBoard and Weights & Biases (optional), rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, wandb_project: str = "",
+                 config: dict | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self.tb = None
+        self.tb = self.wandb = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:  # tensorboard is a dependency; keep training if an install lacks it
                 log.warning("tensorboard not importable; logging to metrics.jsonl only")
+        if enabled and wandb_project:
+            import wandb
+            id_file = run_dir / "wandb-run-id.txt"  # a resumed run continues the same W&B run
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+            atomic_write_text(id_file, run_id + "\n")
+            self.wandb = wandb.init(project=wandb_project, id=run_id, resume="allow", dir=str(run_dir),
+                                    name=run_dir.name, config=config)
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")  # re-logged steps after a resume are kept
 
     def write(self, kind: str, step: int, values: dict) -> None:
         if not self.enabled:
@@ -202,14 +217,19 @@ class MetricLog:
         row = {"type": kind, "step": step, **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {f"{kind}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and k not in ("epoch", "step")}
         if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({"step": step, **scalars})
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -217,18 +237,22 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
                     objective: Objective, model: nn.Module, epoch: int, global_step: int, total_steps: int,
                     steps_per_epoch: int, accum: int, lr_fn, autocast, scaler, clip_grad: float,
                     device: torch.device, info: DistInfo, metrics: MetricLog, log_every: int,
-                    on_step=None, failures: LoadFailures | None = None) -> int:
-    """One pass over this rank's micro-batches. Returns the optimiser step count at the end.
-    ``failures`` counts the loads the dataset replaced by substitutes (unreadable videos)."""
+                    on_step=None, failures: LoadFailures | None = None) -> tuple[int, dict]:
+    """One pass over this rank's micro-batches.
+
+    Returns the optimiser step count at the end and ``{"data_time_s", "clips"}``: seconds spent waiting
+    for the loader on this rank, clips trained on by all ranks. ``failures`` counts the loads the dataset
+    replaced by substitutes (unreadable videos).
+    """
     trainee.train()
-    progress = None
-    if info.is_main:
-        from tqdm import tqdm
-        progress = tqdm(total=len(loader) // accum, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    progress = Progress(total=len(loader) // accum, desc=f"epoch {epoch}", unit="step", enabled=info.is_main)
     running: dict[str, float] = {}
-    micro = 0
+    micro = clips = 0
+    timing = {"data_time_s": 0.0}
     failures = failures if failures is not None else LoadFailures(action="substituted")
-    for batch in failures.track(loader):  # unreadable videos were replaced in the dataset; counted here
+    # unreadable videos were replaced in the dataset; counted here
+    for batch in _timed(failures.track(loader), timing):
+        clips += len(batch["label"]) * info.world_size
         batch = to_device(batch, device)
         last_micro = (micro + 1) % accum == 0
         sync = trainee.no_sync if (info.enabled and not last_micro) else nullcontext
@@ -273,15 +297,26 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
                 running = dict(zip(keys, values.tolist()))
             total = sum(v for k, v in running.items() if "/" not in k)
             metrics.write("train", global_step, {"epoch": epoch, "lr": lr, "loss": total, **running})
-        if info.is_main:
-            progress.update(1)
-            progress.set_postfix(loss=f"{sum(v for k, v in running.items() if '/' not in k):.3f}", lr=f"{lr:.2e}")
+        progress.set_postfix(loss=f"{sum(v for k, v in running.items() if '/' not in k):.3f}", lr=f"{lr:.2e}")
+        progress.update(1)
         running = {}
         if on_step is not None:
             on_step(global_step)
-    if progress is not None:
-        progress.close()
-    return global_step
+    progress.close()
+    return global_step, {**timing, "clips": clips}
+
+
+def _timed(loader, timing: dict):
+    """Yield the loader's batches, adding the seconds spent waiting for each to ``timing["data_time_s"]``."""
+    it = iter(loader)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        timing["data_time_s"] += time.perf_counter() - t
+        yield batch
 
 
 def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: list[str], device, autocast) -> dict:
@@ -291,7 +326,7 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
         correct = n = 0
         failures = LoadFailures(what="images")     # unreadable images are excluded, counted and listed
         with torch.no_grad(), autocast():
-            for batch in failures.track(loader):
+            for batch in Progress(failures.track(loader), total=len(loader), desc="validation", unit="batch"):
                 logits = model(batch["image"].to(device))
                 correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
                 n += len(batch["label"])
@@ -302,7 +337,7 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
     from ..evaluation.groups import resolve_groups
     groups = resolve_groups("auto", class_names, cfg.data.root)
     return evaluate(model, loader, device=device, shuffles=cfg.run.eval_shuffles, seed=cfg.run.seed,
-                    class_groups=groups, class_names=class_names)
+                    class_groups=groups, class_names=class_names, desc="validation")
 
 
 def scalar_metrics(metrics: dict, prefix: str = "") -> dict:
@@ -337,16 +372,52 @@ def check_resume_config(cfg: Config, run_dir: Path, *, force: bool) -> None:
     log.warning("--resume --force: continuing with a changed config: %s", listed)
 
 
+def record_invocation(run_dir: Path, **extra) -> None:
+    """Append this start (command line, package versions, git commit, ...) to ``run_info.json``."""
+    path = run_dir / "run_info.json"
+    try:
+        starts = json.loads(path.read_text())["starts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        starts = []
+    entry = {"command": shlex.join(sys.argv), "cwd": os.getcwd(), **extra, **environment_info()}
+    atomic_write_text(path, json.dumps({"starts": starts + [entry]}, indent=1) + "\n")
+
+
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> dict:
     """Train according to ``cfg``; returns the last validation metrics (rank 0) or {}.
 
     ``resume`` continues the run in ``cfg.run.out`` from its newest usable checkpoint; its config must
-    match the run's ``config.yaml`` except for logging keys, unless ``force``.
+    match the run's ``config.yaml`` except for logging keys, unless ``force``. Rank 0 copies what is
+    logged to ``train.log`` in the run directory.
     """
+    run_dir = Path(cfg.run.out)
+    handler = None
+    if os.environ.get("RANK", "0") == "0":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    try:
+        return _train(cfg, resume=resume, force=force)
+    except BaseException as e:
+        if handler is not None:  # the reason a run stopped belongs in its log
+            handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR",
+                                                  "msg": "stopped: %s: %s", "args": (type(e).__name__, e)}))
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _train(cfg: Config, *, resume: bool, force: bool) -> dict:
     info = init_distributed(cfg.run.device)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("timematters").setLevel(logging.INFO if info.is_main else logging.WARNING)
     run_dir = Path(cfg.run.out)
+    if cfg.run.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"run.wandb={cfg.run.wandb} needs the wandb package: pip install 'timematters[wandb]'")
     if not resume and ckpt.has_checkpoints(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run's checkpoints: pass --resume to continue it, "
                               "or choose another run.out")
@@ -412,8 +483,13 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> dict:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        record_invocation(run_dir, start_step=global_step, world_size=info.world_size,
+                          device=str(info.device))
+        log.info("%s %s: %d training clips, %d steps per epoch, %d epochs, from step %d, %d process(es) on %s",
+                 "resuming" if global_step else "training", run_dir, len(train_set), steps_per_epoch, o.epochs,
+                 global_step, info.world_size, info.device)
     barrier(info)
-    metrics = MetricLog(run_dir, info.is_main, cfg.run.tensorboard)
+    metrics = MetricLog(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.wandb, to_dict(cfg))
 
     def save(step: int) -> None:
         if not info.is_main:
@@ -437,7 +513,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> dict:
             train_set.set_epoch(epoch)
         t0 = time.time()
         failures = LoadFailures(action="substituted")
-        global_step = train_one_epoch(
+        global_step, epoch_stats = train_one_epoch(
             trainee, loader, optimizer, objective=objective, model=model, epoch=epoch, global_step=global_step,
             total_steps=total_steps, steps_per_epoch=steps_per_epoch, accum=sampler.accum, lr_fn=lr_fn,
             autocast=autocast, scaler=scaler, clip_grad=o.clip_grad, device=info.device, info=info,
@@ -446,14 +522,15 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> dict:
         lost = failures.finish(log)  # summed over ranks; more than data.max_fail_ratio of the loads: error
         run_failures.update(failures)
         save(global_step)
-        values = {"epoch": epoch, "epoch_time_s": epoch_time, "train_num_failed": lost["num_failed"],
-                  "train_failed_loads": lost["failed_loads"]}
+        values = {"epoch": epoch, "epoch_time_s": epoch_time, "data_time_s": epoch_stats["data_time_s"],
+                  "clips_per_s": epoch_stats["clips"] / max(epoch_time, 1e-9),
+                  "train_num_failed": lost["num_failed"], "train_failed_loads": lost["failed_loads"]}
         if val_loader is not None:
             last_val = validate(model, cfg, val_loader, class_names, info.device, autocast)
             values.update(scalar_metrics(last_val))
         if info.is_main:
             metrics.write("val" if val_loader is not None else "epoch", global_step, values)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in values.items() if "/" not in k))
             if last_val:
                 atomic_write_text(run_dir / "val_metrics.json", json.dumps(last_val, indent=1, default=float))
         barrier(info)

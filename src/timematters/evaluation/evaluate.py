@@ -36,7 +36,7 @@ from torch import nn
 
 from timematters import temporal
 from timematters.data.dataset import LoadFailures
-from timematters.utils import atomic_write_bytes, resolve_device, torch_rng_for
+from timematters.utils import Progress, atomic_write_bytes, resolve_device, torch_rng_for
 
 log = logging.getLogger("timematters.evaluate")
 
@@ -279,7 +279,8 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
              shuffles: int = 1, seed: int = 0, reverse: bool = True, amp_dtype: torch.dtype | None = None,
              class_groups: Mapping[str, Iterable[int | str]] | None = None,
              class_names: Sequence[str] | None = None, per_sample: bool = False,
-             max_batches: int | None = None, max_fail_ratio: float | None = None) -> dict[str, Any]:
+             max_batches: int | None = None, max_fail_ratio: float | None = None,
+             desc: str = "evaluate") -> dict[str, Any]:
     """Evaluate ``model`` on original, shuffled and reversed clips of every batch in ``loader``.
 
     Returns accuracies in percent: ``top1``, ``top5``, ``shuffled_top1/5`` (mean over ``shuffles``),
@@ -299,7 +300,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
     scores = _VideoScores(variants)
     failures = LoadFailures(max_fail_ratio)
     try:
-        for step, batch in enumerate(failures.track(loader)):
+        for step, batch in enumerate(Progress(failures.track(loader), total=len(loader), desc=desc, unit="batch")):
             if max_batches is not None and step >= max_batches:
                 break
             video = batch["video"]

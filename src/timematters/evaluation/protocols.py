@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.dataset import LoadFailures
-from ..utils import atomic_write_text, resolve_device, rng_for, torch_rng_for
+from ..utils import Progress, atomic_write_text, resolve_device, rng_for, torch_rng_for
 from .features import clip_features, extract_features, video_keys
 
 RETRIEVAL_KS = (1, 5, 10, 20, 50)
@@ -229,7 +229,7 @@ def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: in
     n_pos = 2 * max_offset + 1
     xs, ys = [], []
     failures = failures if failures is not None else LoadFailures()
-    for batch in failures.track(loader):
+    for batch in Progress(failures.track(loader), total=len(loader), desc="sync features", unit="batch"):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         if L < clip_len + n_pos - 1:
@@ -256,7 +256,7 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
     half = clip_len // 2
     xs, ys = [], []
     failures = failures if failures is not None else LoadFailures()
-    for batch in failures.track(loader):
+    for batch in Progress(failures.track(loader), total=len(loader), desc="before-after features", unit="batch"):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         _warn_short(batch, L, "before-after")
@@ -529,7 +529,9 @@ def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader
         model.train()
         running, n = 0.0, 0
         substituted = LoadFailures(action="substituted")   # training replaces unreadable videos: counted
-        for batch in substituted.track(train_loader):
+        bar = Progress(substituted.track(train_loader), total=len(train_loader), desc=f"finetune epoch {epoch}",
+                       unit="batch")
+        for batch in bar:
             scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for g in opt.param_groups:
                 g["lr"] = lr * scale
@@ -542,6 +544,7 @@ def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader
             running += float(loss.detach()) * len(batch["label"])
             n += len(batch["label"])
             step += 1
+            bar.set_postfix(loss=f"{running / n:.3f}")
         substituted.finish()
         log(f"finetune epoch {epoch}: loss {running / max(1, n):.4f}")
     return evaluate_classifier(model, test_loader, num_classes=num_classes, device=device) | {"train_loss": running / max(1, n)}
@@ -554,7 +557,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, *, num_classes: in
     probs: dict = {}
     labels: dict = {}
     failures = LoadFailures()
-    for batch in failures.track(loader):
+    for batch in Progress(failures.track(loader), total=len(loader), desc="test", unit="batch"):
         p = model(batch["video"].to(device)).float().softmax(dim=-1).cpu()
         for key, pi, yi in zip(video_keys(batch), p, batch["label"].tolist()):
             probs[key] = probs.get(key, 0) + pi
