@@ -1,5 +1,7 @@
 """The command line as a user meets it: user errors are one ``error: ...`` line with exit code 2 (a
-traceback only under --debug), --version, overrides anywhere, documented values as written."""
+traceback only under --debug), --version, overrides anywhere, documented values as written, help text
+on every option of every subcommand."""
+import argparse
 import json
 import os
 import subprocess
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from timematters import __version__
+from timematters.cli import COMMANDS, build_parser
 from timematters.config import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +101,70 @@ def test_unreadable_videos_in_training_are_one_line(tmp_path):
                  "model.embed_dim=64", "model.num_heads=2", "optim.batch_size=4", "data.num_workers=1",
                  "run.tensorboard=false")
     assert_user_error(result, "failed")
+# --------------------------------------------------------------------------------------------- help
+def _subparsers(parser: argparse.ArgumentParser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, path + (name,))
+
+
+def test_every_option_of_every_subcommand_has_help():
+    parser = build_parser()
+    seen = set()
+    missing = []
+    for path, p in _subparsers(parser):
+        seen.add(path[:1])
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{' '.join(path) or 'timematters'} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+    assert {(name,) for name, _, _ in COMMANDS} <= seen
+
+
+def test_help_runs_for_every_subcommand():
+    for name, _, _ in COMMANDS:
+        text = build_parser(name)._subparsers._group_actions[0].choices[name].format_help()
+        assert "usage:" in text, name
+
+
+# ----------------------------------------------------------------------------------------- progress
+def test_progress_is_plain_lines_when_output_is_not_a_terminal(tmp_path):
+    result = cli("synth", "--out", tmp_path / "synth", "--videos", 28, "--frames", 4, "--size", 32,
+                 "--workers", 1, env={"TIMEMATTERS_PROGRESS_INTERVAL": "0"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "timematters.progress: synth:" in line]
+    assert len(lines) >= 28 and "28/28 video" in lines[-2] and "done, 28/28 video" in lines[-1]
+    assert "\r" not in result.stderr
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    import fcntl
+    import pty
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    code = ("import time\nfrom timematters.utils import Progress\n"
+            "for _ in Progress(range(20), desc='work', unit='item', interval=0): time.sleep(0.03)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=follower, stdout=follower,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(follower)
+    out = b""
+    while True:  # read while it runs: the terminal's buffer is small
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the program closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0
+    import re
+    counts = [int(n) for n in re.findall(rb"work: .*?\| *(\d+)/20", out)]
+    assert b"\r" in out and max(counts) > 0 and b"timematters.progress" not in out

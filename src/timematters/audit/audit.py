@@ -198,19 +198,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report directory")
     parser.add_argument("--views", type=int, default=1, help="temporal views per video")
     parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="spatial crops per view")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch (default 8)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--shuffles", type=int, default=3, help="shuffled copies per clip")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles and the order probes")
     parser.add_argument("--groups", default="auto",
                         help="class groups: auto | ssv2 | ssv2-subsets | synth | none | PATH.json")
     parser.add_argument("--limit", type=int, default=0, help="audit only the first N videos (0 = all)")
-    parser.add_argument("--probe-train-videos", type=int, default=512)
-    parser.add_argument("--probe-test-videos", type=int, default=256)
+    parser.add_argument("--probe-train-videos", type=int, default=512,
+                        help="videos the order probes are trained on (default 512)")
+    parser.add_argument("--probe-test-videos", type=int, default=256,
+                        help="videos the order probes are scored on (default 256)")
     parser.add_argument("--no-probe", action="store_true", help="skip the per-block order probe")
     parser.add_argument("--gradcam-videos", type=int, default=4, help="videos shown with GradCAM (0 = none)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                        help="mixed precision on CUDA (default off)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -777,7 +777,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=int, default=2000, help="number of videos (default 2000)")
     parser.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     parser.add_argument("--size", type=int, default=64, help="frame height and width in px (default 64)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed: the same seed writes the same videos")
     parser.add_argument("--bias", type=float, default=0.0,
                         help="probability that a train video's background is its class's cue colour "
                              "(else random; default 0 = no shortcut); validation is always random")
@@ -792,7 +792,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backdrop", default=None,
                         help="real video frames as background clutter: a video or a folder of videos "
                              "(your own footage); amplitude = --texture")
-    parser.add_argument("--fps", type=int, default=12)
+    parser.add_argument("--fps", type=int, default=12, help="frame rate stored in the files (default 12)")
     parser.add_argument("--crf", type=int, default=10, help="VP9 quality (lower = better, 0..63)")
     parser.add_argument("--workers", type=int, default=2, help="encoding processes")
     parser.add_argument("--force", action="store_true", help="overwrite an existing benchmark in --out")

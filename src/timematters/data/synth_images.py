@@ -245,16 +245,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SynthImageSpec()
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--classes", type=int, default=d.num_classes, help=f"number of classes (2..{len(SHAPES)})")
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--train-per-class", type=int, default=d.train_per_class)
-    p.add_argument("--test-per-class", type=int, default=d.test_per_class)
+    p.add_argument("--img-size", type=int, default=d.img_size, help=f"image size in px (default {d.img_size})")
+    p.add_argument("--train-per-class", type=int, default=d.train_per_class,
+                   help=f"training images per class (default {d.train_per_class})")
+    p.add_argument("--test-per-class", type=int, default=d.test_per_class,
+                   help=f"test images per class and variant (default {d.test_per_class})")
     p.add_argument("--bg-correlation", type=float, default=d.bg_correlation,
                    help="probability that a training background comes from the object's own class")
     p.add_argument("--fg-colour-correlation", type=float, default=d.fg_colour_correlation,
                    help="probability that an object's hue comes from its class's colour band")
     p.add_argument("--object-scale", type=float, nargs=2, default=list(d.object_scale), metavar=("MIN", "MAX"),
                    help="object radius range as a share of the image side")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed: the same seed writes the same images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

@@ -80,11 +80,11 @@ def run_demo(out: Path, *, videos: int, frames: int, size: int, seed: int, bias:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="demo directory (benchmark, runs, table)")
-    p.add_argument("--videos", type=int, default=2000)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--videos", type=int, default=2000, help="videos in the synthetic benchmark (default 2000)")
+    p.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+    p.add_argument("--size", type=int, default=64, help="frame height and width in px (default 64)")
     p.add_argument("--bias", type=float, default=0.0, help="train-split background/class agreement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of both runs")
     p.add_argument("--no-audit", action="store_true", help="skip the audit report of the two runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to both runs")
 

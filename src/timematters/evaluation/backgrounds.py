@@ -85,10 +85,10 @@ def format_table(result: dict, title: str = "") -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file of an image model")
     p.add_argument("--data", required=True, help="Backgrounds Challenge folder (DIR/<variant>/val/<class>/...)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="val", help="split folder inside each variant (default val)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default="", help="JSON file (default: <run dir>/backgrounds.json)")
 
 

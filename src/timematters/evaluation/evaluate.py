@@ -348,15 +348,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
     parser.add_argument("--views", type=int, default=1, help="temporal views per video")
     parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="spatial crops per view")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch (default 8)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--shuffles", type=int, default=3, help="shuffled copies per clip (accuracy averaged)")
     parser.add_argument("--no-reverse", action="store_true", help="skip the reversed-clip evaluation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frame shuffles")
     parser.add_argument("--groups", default="auto",
                         help="class groups: auto | ssv2 | ssv2-subsets | synth | none | PATH.json")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                        help="mixed precision on CUDA (default off)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N videos (0 = all)")
     parser.add_argument("--per-sample", action="store_true",
                         help="also write per video p(y|x), p(y|x shuffled), p(y|x reversed) and the prediction")

@@ -381,27 +381,35 @@ def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dic
 
 
 # ============================================================================ CLI
-def _common(p: argparse.ArgumentParser, *, views: int, epochs: int, lr: float, batch_size: int) -> None:
+def _common(p: argparse.ArgumentParser, *, views: int, batch_size: int, epochs: int | None = None,
+            lr: float | None = None, features: bool = True) -> None:
+    """Options every protocol shares; ``epochs``/``lr`` only where something is trained, ``--mode`` only
+    where frozen features are read."""
     p.add_argument("--checkpoint", required=True,
                    help="run directory, .safetensors file, export folder, or a Hugging Face video classifier "
                         "folder / Hub id")
     p.add_argument("--data", default="", help="dataset root (default: the checkpoint's training data)")
     p.add_argument("--format", default="", help="annotation format (default: the checkpoint's)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="validation")
-    p.add_argument("--views", type=int, default=views, help="temporal clips per video, features averaged")
+    p.add_argument("--train-split", default="train", help="split the probe / kNN bank is built from")
+    p.add_argument("--val-split", default="validation", help="split that is scored")
+    p.add_argument("--views", type=int, default=views, help=f"temporal clips per video, averaged (default {views})")
     p.add_argument("--num-frames", type=int, default=0, help="frames per clip (default: the model's)")
-    p.add_argument("--sampling", default="tsn", choices=("tsn", "dense"))
+    p.add_argument("--sampling", default="tsn", choices=("tsn", "dense"),
+                   help="frame sampling: tsn = one frame per segment, dense = fixed stride (default tsn)")
     p.add_argument("--stride", type=int, default=2, help="frame stride of dense sampling")
-    p.add_argument("--mode", default="cls", choices=("cls", "slowfast"), help="clip feature")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    if features:
+        p.add_argument("--mode", default="cls", choices=("cls", "slowfast"),
+                       help="clip feature: the CLS token, or SlowFast-style pooled tokens (default cls)")
+    if epochs is not None:
+        p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    if lr is not None:
+        p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"clips per batch (default {batch_size})")
     p.add_argument("--limit", type=int, default=0, help="use only the first N videos of each split")
     p.add_argument("--random-init", action="store_true", help="the checkpoint's architecture, random weights")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--num-workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and probe init")
     p.add_argument("--out", default="", help="write the metrics here (JSON)")
 
 
@@ -409,7 +417,8 @@ def add_linear_arguments(p: argparse.ArgumentParser) -> None:
     _common(p, views=1, epochs=100, lr=0.1, batch_size=16)
     p.add_argument("--task", default="classify", choices=("classify", "sync", "before-after"),
                    help="classify: linear probe on the labels; sync / before-after: RTT's time-related probes")
-    p.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"))
+    p.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"),
+                   help="classify: SGD (as the papers) or L-BFGS on the frozen features (default sgd)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
     p.add_argument("--l2", type=float, default=1e-4, help="L-BFGS L2 penalty")
     p.add_argument("--max-offset", type=int, default=6, help="sync: offsets -N..N frames")
@@ -468,9 +477,10 @@ def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: to
 
 
 def add_knn_arguments(p: argparse.ArgumentParser) -> None:
-    _common(p, views=1, epochs=0, lr=0.0, batch_size=16)
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
+    _common(p, views=1, batch_size=16)
+    p.add_argument("--k", type=int, default=20, help="neighbours that vote (default 20)")
+    p.add_argument("--temperature", type=float, default=0.07,
+                   help="vote weight exp(similarity / temperature) (default 0.07)")
 
 
 def main_knn(args: argparse.Namespace) -> int:
@@ -485,8 +495,9 @@ def main_knn(args: argparse.Namespace) -> int:
 
 
 def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
-    _common(p, views=10, epochs=0, lr=0.0, batch_size=16)
-    p.add_argument("--ks", type=int, nargs="+", default=list(RETRIEVAL_KS))
+    _common(p, views=10, batch_size=16)
+    p.add_argument("--ks", type=int, nargs="+", default=list(RETRIEVAL_KS), metavar="K",
+                   help=f"report the hit rate at each top-K (default {' '.join(map(str, RETRIEVAL_KS))})")
 
 
 def main_retrieval(args: argparse.Namespace) -> int:
@@ -502,10 +513,10 @@ def main_retrieval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- fine-tuning
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
-    _common(p, views=1, epochs=10, lr=1e-4, batch_size=16)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    _common(p, views=1, epochs=10, lr=1e-4, batch_size=16, features=False)
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay (default 1)")
 
 
 def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader, *, num_classes: int,
