@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from timematters.utils import atomic_write_text, rng_for
+from timematters.utils import Progress, atomic_write_text, rng_for
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "cross", "bars", "diamond", "tee")
 PATTERNS = ("stripes", "checks", "dots")
@@ -196,9 +196,11 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
     names = class_names(k_all)
     size, seed = spec.img_size, spec.seed
 
+    bar = Progress(total=k_all * (spec.train_per_class + spec.test_per_class), desc="synth-images", unit="image")
     # training set: background from the object's class with probability bg_correlation
     for k in range(k_all):
         for i in range(spec.train_per_class):
+            bar.update()
             fg, alpha = draw_foreground(k, k_all, size, spec.object_scale, spec.fg_colour_correlation,
                                         rng_for(seed, _TRAIN, _FG, k, i))
             pick = rng_for(seed, _TRAIN, _PICK, k, i)
@@ -215,6 +217,7 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
     black = np.zeros((size, size, 3), np.float32)
     for k in range(k_all):
         for i in range(n):
+            bar.update()
             fg, alpha = fgs[k][i]
             pick = rng_for(seed, _TEST, _PICK, k, i)
             same = int(pick.integers(n - 1))
@@ -234,6 +237,7 @@ def _write(out: Path, spec: SynthImageSpec) -> dict:
             mask_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.round(alpha * 255).astype(np.uint8)).save(mask_path)
 
+    bar.close()
     info = {"benchmark": "timematters synthetic backgrounds", "classes": names,
             "variants": list(VARIANTS), **asdict(spec)}
     atomic_write_text(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
