@@ -1,12 +1,13 @@
 # timematters: two commands on a fresh machine
 #   make demo   set up, generate the synthetic benchmark, train baseline and +TIME on the CPU, print the table
 #   make test   set up, run the test suite
+#   make reproduce [QUICK=1]   the reproduction study (benchmarks/reproduce.py): docs/results.md + figures
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast demo reproduce clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,10 @@ test-fast: setup
 
 demo: setup
 	$(VENV)/bin/timematters demo --out runs/demo
+
+# Resumable: finished runs are kept in runs/reproduce (QUICK: runs/reproduce-quick) and skipped next time.
+reproduce: setup
+	$(PY) benchmarks/reproduce.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf runs/demo
