@@ -149,7 +149,7 @@ def finish_train(task: Task, cpu_s: float, wall_s: float) -> None:
         row = json.loads(line)
         steps = max(steps, int(row.get("step", 0)))
     write_json(task.done, {**task.record, "val": val, "config": config, "seed": config["run"]["seed"],
-                           **git_commit(), "cpu_s": cpu_s, "wall_s": wall_s, "optimizer_steps": steps,
+                           "cpu_s": cpu_s, "wall_s": wall_s, "optimizer_steps": steps,
                            "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
 
@@ -157,7 +157,7 @@ def finish_generic(task: Task, cpu_s: float, wall_s: float) -> None:
     if not task.done.is_file():
         raise RuntimeError(f"{task.key}: the command exited 0 but did not write {task.done}")
     stamp = task.done.parent / "reproduce_task.json"
-    write_json(stamp, {**task.record, **git_commit(), "cpu_s": cpu_s, "wall_s": wall_s})
+    write_json(stamp, {**task.record, "cpu_s": cpu_s, "wall_s": wall_s})
 
 
 def latest_weights(run_dir: Path) -> Path:
@@ -207,7 +207,7 @@ def run_tasks(tasks: list[Task], jobs: int, log_dir: Path, selected: set[str] | 
                 print(f"  FAIL  {ready.key}: {type(e).__name__}: {e}", flush=True)
                 failed.append(ready.key)
                 continue
-            ready.record["argv"] = argv
+            ready.record.update(argv=argv, **git_commit())  # the code this run starts with
             logf = open(log_dir / (ready.key.replace("/", "__") + ".log"), "a")
             logf.write(f"\n=== {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} {' '.join(argv)}\n")
             logf.flush()
