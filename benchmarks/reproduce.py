@@ -571,7 +571,7 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
     ax.set_xlabel("transformer block")
     ax.set_ylabel("frame-index accuracy on held-out clips (%)")
     ax.set_title("Fig. 1b analog: linear order probe per block (frozen tokens)")
-    ax.legend(loc="lower left", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     figs.append(f"{prefix}fig1b_order_probe.png")
@@ -583,7 +583,7 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
     width = np.diff(edges) / len(names)
     for i, n in enumerate(names):
         mass = np.array([m["confidence"]["mass"] for a in audits for m in a["models"] if m["name"] == n])
-        means = [m["confidence"]["mean"] for a in audits for m in a["models"] if m["name"] == n]
+        means = [round(m["confidence"]["mean"], 3) + 0.0 for a in audits for m in a["models"] if m["name"] == n]
         sd = mass.std(0, ddof=1) if len(mass) > 1 else np.zeros(mass.shape[1])
         ax.bar(edges[:-1] + i * width, mass.mean(0), width=width, align="edge", color=colors.get(n), alpha=0.85,
                yerr=sd, capsize=2, error_kw={"elinewidth": 0.8},
@@ -623,7 +623,7 @@ def table3_figure(rows: dict[str, list[dict]], fig_dir: Path, prefix: str) -> st
                      for c in combos]
             ax.bar(x + (j - 0.5) * 0.38, [m for m, _, _ in stats], 0.38, yerr=[sd for _, sd, _ in stats],
                    capsize=3, color=color, label=label)
-        ax.set_xticks(x, [combo_name(c).replace("+", "+\n").lstrip("\n") for c in combos], fontsize=8)
+        ax.set_xticks(x, [combo_name(c).lstrip("+").replace("+", "\n+") for c in combos], fontsize=8)
         ax.set_title(f"{group} classes")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("validation top-1 (%), mean ± std over seeds")
