@@ -797,7 +797,7 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
     old = report.read_text() if report.is_file() else ""
     if GENERATED_BEGIN in old and GENERATED_END in old:
         head, rest = old.split(GENERATED_BEGIN, 1)
-        new = head + block + rest.split(GENERATED_END, 1)[1].lstrip("\n")
+        new = head + block + "\n" + rest.split(GENERATED_END, 1)[1].lstrip("\n")
     elif old:
         title, _, body = old.partition("\n")
         new = title + "\n\n" + block + "\n" + body.lstrip("\n")
