@@ -33,6 +33,24 @@ def test_train_geometry_same_op_on_every_frame(flip):
             torch.testing.assert_close(out[t], apply_geometry(clip[t:t + 1], geo)[0], rtol=0, atol=0)
 
 
+def test_inverse_scale_sampling_draws_one_over_the_side_uniformly():
+    """PySlowFast's INV_UNIFORM_SAMPLE (the TIME recipe): 1/side ~ U(1/hi, 1/lo), so small sides are more likely
+    than with a uniform side; both stay within [lo, hi] and are keyed by the generator."""
+    sides = {}
+    for mode in ("uniform", "inverse"):
+        draws = [round(240 * train_geometry(240, 427, img_size=224, scale=(256, 320), flip=False,
+                                           rng=np.random.default_rng(s), scale_sampling=mode)["scale"])
+                 for s in range(4000)]
+        assert 256 <= min(draws) and max(draws) <= 320
+        sides[mode] = np.array(draws)
+    inv = 1.0 / sides["inverse"]
+    assert abs(np.mean(inv) - (1 / 256 + 1 / 320) / 2) < 2e-6                # mean of U(1/320, 1/256)
+    assert np.median(sides["inverse"]) < np.median(sides["uniform"]) - 2       # pulled towards small sides
+    with pytest.raises(ValueError, match="scale_sampling"):
+        train_geometry(240, 427, img_size=224, scale=(256, 320), flip=False, rng=np.random.default_rng(0),
+                       scale_sampling="log")
+
+
 def test_geometry_maps_raw_points_into_the_crop():
     # a bright 4x4 block at raw (x=40..43, y=20..23); scale 1 so the crop is a pure shift
     clip = torch.zeros(2, 3, 48, 80, dtype=torch.uint8)

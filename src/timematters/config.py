@@ -27,6 +27,7 @@ class DataConfig:
     sampling: str = "tsn"              # tsn (one frame per segment) | dense (fixed stride)
     stride: int = 2                    # dense sampling stride
     scale: tuple[int, int] = (64, 80)  # train short-side jitter range before the crop
+    scale_sampling: str = "uniform"    # uniform | inverse (1/side uniform: PySlowFast's INV_UNIFORM_SAMPLE)
     randaugment: str = ""              # "" = off, else a timm spec, e.g. "rand-m20-mstd0.5-inc1"
     flip: bool = False                 # off by default: SSv2 has left/right classes
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)

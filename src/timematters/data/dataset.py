@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 from timematters.data.annotations import VideoRecord, read_annotations, AnnotationError
 from timematters.data.decode import BACKENDS, DecodeError, open_video
 from timematters.data.sampling import SAMPLINGS, sample_indices
-from timematters.data.transforms import (apply_geometry, apply_randaugment, build_randaugment, eval_geometry,
-                                         normalize, train_geometry)
+from timematters.data.transforms import (SCALE_SAMPLINGS, apply_geometry, apply_randaugment, build_randaugment,
+                                         eval_geometry, normalize, train_geometry)
 from timematters.utils import rng_for
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class VideoDataset(Dataset):
                  std: Sequence[float] = (0.5, 0.5, 0.5), views: int = 1, crops: int = 1, seed: int = 0,
                  label_fn: LabelFn | None = None, max_fail_ratio: float = 0.2, min_attempts: int = 50,
                  max_substitutes: int = 20, backend: str = "auto", decode_threads: int = 1,
-                 short_side: int = 0, on_error: str | None = None):
+                 short_side: int = 0, on_error: str | None = None, scale_sampling: str = "uniform"):
         on_error = on_error or ("substitute" if train else "exclude")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -88,6 +88,9 @@ class VideoDataset(Dataset):
         self.records = list(records)
         self.num_frames, self.img_size, self.train = num_frames, img_size, train
         self.sampling, self.stride, self.scale = sampling, stride, (int(scale[0]), int(scale[1]))
+        if scale_sampling not in SCALE_SAMPLINGS:
+            raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {scale_sampling!r}")
+        self.scale_sampling = scale_sampling
         self.flip = flip
         self.randaugment = build_randaugment(randaugment, img_size=img_size, mean=mean) if train else None
         self.mean, self.std = tuple(mean), tuple(std)
@@ -186,7 +189,8 @@ class VideoDataset(Dataset):
             clip = apply_randaugment(clip, self.randaugment, (self.seed, self.epoch, index, attempt, 0xA6))
         h, w = clip.shape[-2:]
         if self.train:
-            geometry = train_geometry(h, w, img_size=self.img_size, scale=self.scale, flip=self.flip, rng=rng)
+            geometry = train_geometry(h, w, img_size=self.img_size, scale=self.scale, flip=self.flip, rng=rng,
+                                      scale_sampling=self.scale_sampling)
         else:
             geometry = eval_geometry(h, w, img_size=self.img_size, crop_index=crop_index, num_crops=self.crops,
                                      short_side=self.short_side)

@@ -30,14 +30,23 @@ def _scaled_size(h: int, w: int, short: int) -> tuple[int, int, float]:
     return max(short, round(h * s)), max(short, round(w * s)), s
 
 
+SCALE_SAMPLINGS = ("uniform", "inverse")
+
+
 def train_geometry(h: int, w: int, *, img_size: int, scale: tuple[int, int], flip: bool,
-                   rng: np.random.Generator) -> dict:
-    """Short side jittered uniformly in ``scale`` (inclusive), a random ``img_size`` square crop, and a
-    left-right flip with probability 0.5 when ``flip``."""
+                   rng: np.random.Generator, scale_sampling: str = "uniform") -> dict:
+    """Short side jittered in ``scale`` (inclusive), a random ``img_size`` square crop, and a left-right flip
+    with probability 0.5 when ``flip``. ``scale_sampling``: ``uniform`` draws the side uniformly; ``inverse``
+    draws 1/side uniformly (PySlowFast's ``INV_UNIFORM_SAMPLE``, the TIME recipe), favouring smaller sides."""
     lo, hi = int(scale[0]), int(scale[1])
     if not img_size <= lo <= hi:
         raise ValueError(f"scale range must satisfy img_size <= lo <= hi, got img_size={img_size}, scale={scale}")
-    short = int(rng.integers(lo, hi + 1))
+    if scale_sampling == "uniform":
+        short = int(rng.integers(lo, hi + 1))
+    elif scale_sampling == "inverse":
+        short = int(round(1.0 / rng.uniform(1.0 / hi, 1.0 / lo))) if hi > lo else lo
+    else:
+        raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {scale_sampling!r}")
     sh, sw, s = _scaled_size(h, w, short)
     x0 = int(rng.integers(0, sw - img_size + 1))
     y0 = int(rng.integers(0, sh - img_size + 1))

@@ -93,7 +93,8 @@ def build_dataset(cfg: Config, split: str, *, train: bool, label_fn=None, class_
     from ..data.dataset import build_video_dataset
     return build_video_dataset(
         d.root, d.format, split, train=train, num_frames=d.num_frames, img_size=d.img_size,
-        sampling=d.sampling, stride=d.stride, scale=d.scale, randaugment=d.randaugment if train else "",
+        sampling=d.sampling, stride=d.stride, scale=d.scale, scale_sampling=d.scale_sampling,
+        randaugment=d.randaugment if train else "",
         flip=d.flip and train, mean=d.mean, std=d.std, views=1 if train else d.val_views,
         crops=1 if train else d.val_crops, seed=cfg.run.seed, label_fn=label_fn,
         max_fail_ratio=d.max_fail_ratio, class_names=class_names, allow_outside_root=d.allow_outside_root,

@@ -377,7 +377,7 @@ def inflate_vit_to_motionformer(sd: Mapping[str, torch.Tensor], num_frames: int,
 
 # parts of a video backbone an image ViT has no counterpart for: they keep the model's own init
 NEW_IN_VIDEO = {
-    "xvit": ("temporal_cls", "temporal_pos", "consensus.", "consensus_norm.", "head_fc."),   # the official head
+    "xvit": ("temporal_cls", "consensus.", "consensus_norm.", "head_fc."),   # the official head
     "motionformer": ("pre_logits.",),                                                      # Linear + tanh
 }
 

@@ -4,10 +4,10 @@
 Every frame keeps its own CLS token and attends spatially over ``1 + N`` tokens, but the keys and values
 mix channels of neighbouring frames: over all D channels (heads concatenated, so whole head groups move),
 the first quarter comes from frame t+1, the second quarter from t-1, the rest from t (TSM's shift with
-``n_div`` = 4, zero past the clip ends). The head, as the official one: a learnable CLS token is prepended
-to the T per-frame CLS tokens (with a learnable temporal position embedding), one transformer layer runs
-over them, and its CLS output goes through LN -> Linear -> GELU -> Dropout -> Linear (the last Linear is
-``head``).
+``n_div`` = 4, zero past the clip ends), in every block. The head, as the official ``VitHead``: a learnable
+CLS token (zero init, no position embedding) is prepended to the T per-frame CLS tokens, one transformer
+layer runs over them (no qkv bias, LayerNorm eps 1e-5, as there), and its CLS output goes through
+LN -> Linear -> GELU -> Dropout(``head_drop_rate``, 0.5 in the official SSv2 config) -> Linear (``head``).
 
 ``Features.cls`` is the temporal CLS output after the LN ``(B, D)``; ``Features.head_input`` is that after
 Linear -> GELU ``(B, D)`` (what ``head_drop`` and ``head`` read); ``Features.tokens`` are the per-frame patch tokens
@@ -71,12 +71,14 @@ class MixingBlock(Block):
 
 class XViT(BackboneMixin, nn.Module):
     arch = "xvit"
-    _no_weight_decay = ("pos_embed", "cls_token", "temp_embed", "temporal_cls", "temporal_pos")
+    _no_weight_decay = ("pos_embed", "cls_token", "temp_embed", "temporal_cls")
 
     def __init__(self, *, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 400, num_frames: int = 8, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6):
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6,
+                 head_drop_rate: float = 0.0):
+        """``head_drop_rate``: the dropout between the head's GELU and its last Linear (official SSv2: 0.5)."""
         super().__init__()
         num_patches = self._set_surface(embed_dim=embed_dim, num_classes=num_classes, patch_size=patch_size,
                                         num_frames=num_frames, img_size=img_size)
@@ -94,19 +96,15 @@ class XViT(BackboneMixin, nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         # the official head: a learnable CLS over the T per-frame CLS tokens, one transformer layer,
         # then LN -> Linear -> GELU -> Dropout -> Linear (head)
-        self.temporal_cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.temporal_pos = nn.Parameter(torch.zeros(1, 1 + num_frames, embed_dim))
-        self.consensus = Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, 0.0,
-                               layer_norm_eps)
-        self.consensus_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.temporal_cls = nn.Parameter(torch.zeros(1, 1, embed_dim))                  # zero, as the official
+        self.consensus = Block(embed_dim, num_heads, mlp_ratio, False, 0.0, 0.0, 0.0, 1e-5)
+        self.consensus_norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.head_fc = nn.Linear(embed_dim, embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = nn.Dropout(head_drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.temporal_cls, std=0.02)
-        nn.init.trunc_normal_(self.temporal_pos, std=0.02)
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor, return_hidden: bool = False) -> Features:
@@ -127,8 +125,7 @@ class XViT(BackboneMixin, nn.Module):
             if hidden is not None:
                 hidden.append(x[:, :, 1:])
         x = self.norm(x)
-        pos = torch.cat([self.temporal_pos[:, :1], resample_time_embed(self.temporal_pos[:, 1:], T)], dim=1)
-        seq = torch.cat([self.temporal_cls.expand(B, 1, -1), x[:, :, 0]], dim=1) + pos  # (B, 1+T, D)
+        seq = torch.cat([self.temporal_cls.expand(B, 1, -1), x[:, :, 0]], dim=1)     # (B, 1+T, D)
         cls = self.consensus_norm(self.consensus(seq)[:, 0])                  # (B, D) the temporal CLS, LN
         head_input = F.gelu(self.head_fc(cls))                                # (B, D) -> Linear -> GELU
         return Features(cls=cls, tokens=x[:, :, 1:], hidden=hidden, head_input=head_input)
