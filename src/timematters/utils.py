@@ -107,7 +107,8 @@ class Progress:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.enabled = enabled and rank == 0
         self.interval = PROGRESS_INTERVAL_S if interval is None else interval
         self.n, self.t0, self.postfix, self.closed = 0, time.monotonic(), "", False
@@ -160,6 +161,11 @@ class Progress:
             self.bar.close()
         elif self.enabled and self.n and time.monotonic() - self.t0 >= self.interval:
             _progress_log.info("%s", self._line(done=True))  # short jobs: no line at all
+
+
+def sized(iterable: Iterable) -> int | None:
+    """``len(iterable)`` where it has one (a DataLoader, a list), else None (a generator)."""
+    return len(iterable) if hasattr(iterable, "__len__") else None
 
 
 def configure_logging(level: int = logging.INFO) -> None:

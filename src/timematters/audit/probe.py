@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timematters.data.dataset import LoadFailures
-from timematters.utils import Progress, torch_rng_for
+from timematters.utils import Progress, sized, torch_rng_for
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def block_features(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, dev
     seen = 0
     failures = failures if failures is not None else LoadFailures()
     try:
-        for batch in Progress(failures.track(loader), total=len(loader), desc="order-probe features", unit="batch"):
+        for batch in Progress(failures.track(loader), total=sized(loader), desc="order-probe features", unit="batch"):
             video = batch["video"].to(device, non_blocking=True)
             if max_clips is not None:
                 video = video[: max_clips - seen]

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save as st_save, safe_open
 from torch import nn
 
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, fsync_dir
 
 CKPT_DIR = "checkpoints"
 log = logging.getLogger("timematters.checkpoint")
@@ -59,7 +59,8 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, objective: nn.Modu
     except CheckpointError:
         previous = None
     pointer = {"step": step, "weights": f"{name}.safetensors", "train_state": f"{name}.train.pt"}
-    atomic_write_bytes(ckpt_dir / "latest.json", json.dumps(pointer).encode())
+    atomic_write_bytes(ckpt_dir / "latest.json", json.dumps(pointer).encode())  # fsyncs checkpoints/
+    fsync_dir(run_dir)  # and the run directory that holds it
     # keep the new checkpoint and the one it replaces; anything older goes
     keep = {f"{name}.safetensors"} | ({previous[0].name} if previous else set())
     for old in ckpt_dir.glob("ckpt-*.safetensors"):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import RESUME_FREE_KEYS, Config, ConfigError, config_diff, load_config, save_config, to_dict
 from ..data.dataset import LoadFailures
 from ..objectives import Objective, build_objective
-from ..utils import Progress, atomic_write_text, environment_info, rng_for
+from ..utils import Progress, atomic_write_text, environment_info, rng_for, sized
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, param_groups
@@ -327,7 +327,7 @@ def validate(model: nn.Module, cfg: Config, loader: DataLoader, class_names: lis
         correct = n = 0
         failures = LoadFailures(what="images")     # unreadable images are excluded, counted and listed
         with torch.no_grad(), autocast():
-            for batch in Progress(failures.track(loader), total=len(loader), desc="validation", unit="batch"):
+            for batch in Progress(failures.track(loader), total=sized(loader), desc="validation", unit="batch"):
                 logits = model(batch["image"].to(device))
                 correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
                 n += len(batch["label"])

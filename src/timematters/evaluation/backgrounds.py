@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from timematters.data.dataset import LoadFailures
 from timematters.data.images import build_image_dataset, collate
-from timematters.utils import Progress, atomic_write_bytes, resolve_device
+from timematters.utils import Progress, atomic_write_bytes, resolve_device, sized
 
 VARIANTS = ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 LABELS = {"original": "Original", "only_fg": "Only-FG", "mixed_same": "Mixed-Same",
@@ -32,7 +32,7 @@ def top1(model: nn.Module, loader: DataLoader, device: torch.device,
     model.eval()
     correct = n = 0
     failures = failures if failures is not None else LoadFailures(what="images")
-    for batch in Progress(failures.track(loader), total=len(loader), desc="backgrounds", unit="batch"):
+    for batch in Progress(failures.track(loader), total=sized(loader), desc="backgrounds", unit="batch"):
         logits = model(batch["image"].to(device))                  # (B, K)
         correct += (logits.argmax(-1).cpu() == batch["label"]).sum().item()
         n += len(batch["label"])

@@ -36,7 +36,7 @@ from torch import nn
 
 from timematters import temporal
 from timematters.data.dataset import LoadFailures
-from timematters.utils import Progress, atomic_write_bytes, resolve_device, torch_rng_for
+from timematters.utils import Progress, atomic_write_bytes, resolve_device, sized, torch_rng_for
 
 log = logging.getLogger("timematters.evaluate")
 
@@ -300,7 +300,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
     scores = _VideoScores(variants)
     failures = LoadFailures(max_fail_ratio)
     try:
-        for step, batch in enumerate(Progress(failures.track(loader), total=len(loader), desc=desc, unit="batch")):
+        for step, batch in enumerate(Progress(failures.track(loader), total=sized(loader), desc=desc, unit="batch")):
             if max_batches is not None and step >= max_batches:
                 break
             video = batch["video"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import LoadFailures
-from ..utils import Progress
+from ..utils import Progress, sized
 
 MODES = ("cls", "slowfast")
 
@@ -72,7 +72,7 @@ def extract_features(model: nn.Module, loader: Iterable[dict], *, device: str | 
     labels: dict = {}
     failures = failures if failures is not None else LoadFailures()
     try:
-        for batch in Progress(failures.track(loader), total=len(loader), desc="features", unit="batch"):
+        for batch in Progress(failures.track(loader), total=sized(loader), desc="features", unit="batch"):
             video = batch["video"].to(device, non_blocking=True)           # (B, T, C, H, W)
             B, T = video.shape[:2]
             with amp:

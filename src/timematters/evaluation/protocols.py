@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.dataset import LoadFailures
-from ..utils import Progress, atomic_write_text, resolve_device, rng_for, torch_rng_for
+from ..utils import Progress, atomic_write_text, resolve_device, rng_for, sized, torch_rng_for
 from .features import clip_features, extract_features, video_keys
 
 RETRIEVAL_KS = (1, 5, 10, 20, 50)
@@ -229,7 +229,7 @@ def sync_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip_len: in
     n_pos = 2 * max_offset + 1
     xs, ys = [], []
     failures = failures if failures is not None else LoadFailures()
-    for batch in Progress(failures.track(loader), total=len(loader), desc="sync features", unit="batch"):
+    for batch in Progress(failures.track(loader), total=sized(loader), desc="sync features", unit="batch"):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         if L < clip_len + n_pos - 1:
@@ -256,7 +256,7 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
     half = clip_len // 2
     xs, ys = [], []
     failures = failures if failures is not None else LoadFailures()
-    for batch in Progress(failures.track(loader), total=len(loader), desc="before-after features", unit="batch"):
+    for batch in Progress(failures.track(loader), total=sized(loader), desc="before-after features", unit="batch"):
         video = batch["video"].to(device)                                 # (B, L, C, H, W)
         B, L = video.shape[:2]
         _warn_short(batch, L, "before-after")
@@ -516,7 +516,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     _common(p, views=1, epochs=10, lr=1e-4, batch_size=16, features=False)
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay (default 1)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up before the cosine decay (default 1)")
 
 
 def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader, *, num_classes: int,
@@ -540,7 +541,7 @@ def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader
         model.train()
         running, n = 0.0, 0
         substituted = LoadFailures(action="substituted")   # training replaces unreadable videos: counted
-        bar = Progress(substituted.track(train_loader), total=len(train_loader), desc=f"finetune epoch {epoch}",
+        bar = Progress(substituted.track(train_loader), total=sized(train_loader), desc=f"finetune epoch {epoch}",
                        unit="batch")
         for batch in bar:
             scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
@@ -568,7 +569,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, *, num_classes: in
     probs: dict = {}
     labels: dict = {}
     failures = LoadFailures()
-    for batch in Progress(failures.track(loader), total=len(loader), desc="test", unit="batch"):
+    for batch in Progress(failures.track(loader), total=sized(loader), desc="test", unit="batch"):
         p = model(batch["video"].to(device)).float().softmax(dim=-1).cpu()
         for key, pi, yi in zip(video_keys(batch), p, batch["label"].tolist()):
             probs[key] = probs.get(key, 0) + pi
