@@ -454,6 +454,72 @@ def difference(a: list[dict], b: list[dict], group: str, key: str) -> str:
     return f"{d:+.1f} points ({verdict}; 2 × s.e. = {2 * spread:.1f})"
 
 
+def compare(a: list[dict], b: list[dict], group: str, key: str) -> tuple[float, float] | None:
+    """(mean of b - mean of a, 2 x its standard error over seeds), or None below 2 seeds on a side."""
+    va = [x for x in (metric(r, group, key) for r in a) if x is not None]
+    vb = [x for x in (metric(r, group, key) for r in b) if x is not None]
+    if len(va) < 2 or len(vb) < 2:
+        return None
+    d = statistics.mean(vb) - statistics.mean(va)
+    return d, 2 * (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
+
+
+def verdict(c: tuple[float, float] | None, *, want: int = 1) -> str:
+    """'reproduces' when the difference has the paper's sign beyond 2 s.e., 'opposite' beyond it the other way."""
+    if c is None:
+        return "pending"
+    d, two_se = c
+    if abs(d) <= two_se:
+        return f"not established ({d:+.1f} ± {two_se:.1f})"
+    return f"{'reproduces' if d * want > 0 else 'opposite'} ({d:+.1f} ± {two_se:.1f})"
+
+
+def findings(out: Path, t3: dict, probe_summary: dict) -> list[str]:
+    """One line per claim of the paper: does our study show the same direction (2 s.e. rule)?"""
+    base, full = t3.get("baseline", []), t3.get("+order+debias+flow", [])
+    lines = []
+    gaps = [x for x in (metric(r, "temporal", "gap_top1") for r in base) if x is not None]
+    if len(gaps) >= 2:
+        m, sd, n = mean_std(gaps)
+        lines.append(f"Baseline from scratch, gap on the temporal classes: {m:.1f} ± {sd:.1f} points, "
+                     f"{'order-blind (under 5 points)' if abs(m) < 5 else 'it does use frame order'} (Table 1: the "
+                     f"paper's models keep most of their accuracy on shuffled clips).")
+    if probe_summary.get("probe", {}).get("baseline"):
+        p = probe_summary["probe"]["baseline"]
+        lines.append(f"Order probe, baseline: block 1 {p['mean'][0]:.0f} % → last block {p['mean'][-1]:.0f} % "
+                     f"(Fig. 1b: order information fades with depth; "
+                     f"{'the same direction' if p['mean'][-1] < p['mean'][0] - 2 * max(p['std'][0], p['std'][-1], 1) else 'no clear fall'} here).")
+    lines.append(f"+TIME raises top-1 on all classes (Table 3): {verdict(compare(base, full, 'all', 'top1'))}.")
+    lines.append(f"+TIME raises top-1 on the temporal classes: {verdict(compare(base, full, 'temporal', 'top1'))}; "
+                 f"on the static classes: {verdict(compare(base, full, 'static', 'top1'))}.")
+    lines.append(f"+TIME makes the model order-sensitive (temporal gap): "
+                 f"{verdict(compare(base, full, 'temporal', 'gap_top1'))}.")
+    done = {c: rows for c in ALL_COMBOS if len(rows := t3.get(combo_name(c), [])) >= 2}
+    if len(done) == len(ALL_COMBOS):
+        best = max(done, key=lambda c: statistics.mean(metric(r, "all", "top1") for r in done[c]))
+        lines.append(f"All three terms together are best on all classes (Table 3): "
+                     f"{'reproduces' if best == (1, 1, 1) else 'no, the best row is ' + combo_name(best)}"
+                     f" (by mean; see the table for the spread).")
+    short = load_results(out, "shortcut")
+    lines.append(f"Under a spatial shortcut (`--bias 0.8`), +TIME vs baseline on all classes: "
+                 f"{verdict(compare(short.get('baseline', []), short.get('+order+debias+flow', []), 'all', 'top1'))}.")
+    pre = load_results(out, "pretrained")
+    lines.append(f"From an image-pretrained start, +TIME vs baseline on all classes: "
+                 f"{verdict(compare(pre.get('baseline', []), pre.get('+order+debias+flow', []), 'all', 'top1'))}.")
+    bb = load_results(out, "backbones")
+    for arch in ("motionformer", "xvit"):
+        lines.append(f"{BACKBONES[arch][0]}, +TIME vs baseline on all classes (Table 2): "
+                     f"{verdict(compare(bb.get(f'{arch}_baseline', []), bb.get(f'{arch}_+order+debias+flow', []), 'all', 'top1'))}.")
+    f = out / "image_compare" / "results.json"
+    if f.is_file():
+        res = json.loads(f.read_text())
+        names = list(res)
+        gap = lambda n: [{"val": {"g": 100.0 * r["bg_gap"]}} for r in res[n]]  # noqa: E731
+        lines.append(f"Image TIME (both terms) lowers the background gap (Table 4): "
+                     f"{verdict(compare(gap(names[0]), gap(names[-1]), 'all', 'g'), want=-1)}.")
+    return lines
+
+
 HEAD9 = ("| | all: orig ↑ | shuf ↓ | gap ↑ | temporal: orig ↑ | shuf ↓ | gap ↑ | static: orig ↑ | shuf ↓ | gap ↑ |",
          "|---" * 10 + "|")
 
@@ -683,6 +749,11 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
           "the pattern only. Verdicts: a difference is called clear when it exceeds twice its standard error "
           "over seeds.", ""]
 
+    figs, summary = audit_figures(out, fig_dir, prefix)
+    L += ["### Findings, computed from the tables below", "",
+          "'reproduces' = the paper's direction, beyond twice the standard error over seeds; 'not established' = "
+          "within it; 'opposite' = the other direction beyond it; numbers are the difference in points ± 2 s.e.", ""]
+    L += [f"- {line}" for line in findings(out, t3, summary)] + [""]
     L += ["### Table 3 analog: each TIME term, TimeSformer from scratch", "",
           "Trained on all 14 classes; columns = validation classes (all / temporal / static).", "", t3_text, ""]
     fig = table3_figure(t3, fig_dir, prefix)
@@ -744,7 +815,6 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
         L.append(f"- {BACKBONES[arch][0]}: +TIME vs baseline, all top-1: {difference(b, t, 'all', 'top1')}.")
     L.append("")
 
-    figs, summary = audit_figures(out, fig_dir, prefix)
     L += ["### Fig. 1b / 1c analogs: the audit of baseline vs +TIME (Table 3's runs)", ""]
     if figs:
         pr = summary["probe"]
