@@ -207,7 +207,9 @@ def run_tasks(tasks: list[Task], jobs: int, log_dir: Path, selected: set[str] | 
                 print(f"  FAIL  {ready.key}: {type(e).__name__}: {e}", flush=True)
                 failed.append(ready.key)
                 continue
-            ready.record.update(argv=argv, **git_commit())  # the code this run starts with
+            # the code this run starts with; a resumed run's CPU time counts only its last process
+            ready.record.update(argv=argv, resumed=(ready.done.parent / "checkpoints" / "latest.json").is_file(),
+                                **git_commit())
             logf = open(log_dir / (ready.key.replace("/", "__") + ".log"), "a")
             logf.write(f"\n=== {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} {' '.join(argv)}\n")
             logf.flush()
@@ -851,12 +853,13 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
     cost = {}
     for f in out.rglob("result.json"):
         r = json.loads(f.read_text())
-        if r.get("optimizer_steps"):
+        if r.get("optimizer_steps") and not r.get("resumed"):
             cost.setdefault(r.get("section", "?") + ": " + ("+TIME terms" if any(r.get("combo", [0])) else "no TIME"),
                             []).append(r["cpu_s"] / r["optimizer_steps"])
     if cost:
         L += ["### Cost (measured)", "", "CPU seconds per optimiser step (batch 32), including the run's "
-              "evaluation, decode and start-up, mean over finished runs:", "",
+              "evaluation, decode and start-up, mean over runs that finished in one process (a resumed run's "
+              "earlier processes are not counted):", "",
               "| runs | CPU s / step | n |", "|---|---|---|"]
         L += [f"| {k} | {statistics.mean(v):.2f} | {len(v)} |" for k, v in sorted(cost.items())]
         L.append("")
