@@ -17,7 +17,7 @@ Videos (written here with PyAV, real encoders): an SSv2-like VP9 WebM (426x240, 
 and a Kinetics-like H.264 MP4 (340x256, 30 fps, 10 s, B-frames, a keyframe every 2 s), both a textured
 scene with moving objects (``tests/videos.py``).
 
-    python benchmarks/decode.py [--seconds 3] [--frames 8] [--threads 1]
+    python benchmarks/decode.py [--seconds 1] [--seeds 3] [--frames 8] [--threads 1]
 
 CPU time counts this process and its children (the ffmpeg subprocesses): on a shared machine it measures
 the work each loader does and is what bounds a DataLoader's throughput when all cores are busy.
@@ -112,7 +112,8 @@ def bench(path: Path, loaders: dict, *, frames: int, seconds: float, threads: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per loader and video (default 3)")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="trials go on until the fastest loader has spent this long (default 1)")
     parser.add_argument("--frames", type=int, default=8, help="frames per TSN clip (default 8)")
     parser.add_argument("--threads", type=int, default=1,
                         help="decoder threads (default 1, as in a DataLoader worker; 0 = FFmpeg's choice)")
@@ -128,8 +129,8 @@ def main() -> None:
                               fps=12, gop=1000),
                   write_scene(Path(tmp) / "kinetics_like_h264_340x256_30fps_10s.mp4", 300, width=340, height=256,
                               fps=30, gop=60)]
-        print(f"{args.frames}-frame TSN train clips, decoder threads={args.threads}, >= {args.seconds:.1f} s per "
-              f"loader, video and seed, {args.seeds} seeds; clips/s by wall clock and per CPU-second "
+        print(f"{args.frames}-frame TSN train clips, decoder threads={args.threads}, trials until the fastest "
+              f"loader has spent {args.seconds:.1f} s, per video and seed, {args.seeds} seeds; clips/s by wall clock and per CPU-second "
               f"(process + children), mean ± std over seeds")
         for path in videos:
             runs = [bench(path, loaders, frames=args.frames, seconds=args.seconds, threads=args.threads, seed=s)
