@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from timematters import temporal
 from timematters.objectives import build_objective
-from timematters.objectives.taco import FusionTaskHead, TaCo, info_nce
+from timematters.objectives.taco import TASKS, FusionTaskHead, TaCo, info_nce
 from timematters.utils import rng_for
 
 from pretext_helpers import feature_spread, moving_squares, pretrain_steps, tiny_model
 
-SMALL = dict(queue_size=32, proj_dim=16, hidden_dim=32, num_speeds=3)
+SMALL = dict(queue_size=32, proj_dim=16, hidden_dim=32, num_speeds=3, tasks=TASKS, augment=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_draws_and_labels_are_consistent():
 
 def test_rotation_clip_is_the_rotated_key(video):
     model = tiny_model()
-    obj = TaCo(model, tasks=("rotation",), base_term=False, **SMALL)
+    obj = TaCo(model, base_term=False, **{**SMALL, "tasks": ("rotation",)})
     d = obj.draw(batch_of(video), 32)
     key = temporal.apply_order(video, d["full"][:, 0])
     k = d["rotation"]

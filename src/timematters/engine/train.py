@@ -270,7 +270,7 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach()) / accum
         for k, v in outputs.items():
-            if k.startswith(("acc/", "svt/", "taco/", "rtt/")) and torch.is_tensor(v) and v.numel() == 1:
+            if k.startswith(("acc/", "chance/", "svt/", "taco/", "rtt/")) and torch.is_tensor(v) and v.numel() == 1:
                 running[k] = running.get(k, 0.0) + float(v) / accum
         micro += 1
         if not last_micro:
@@ -281,7 +281,7 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
         if scaler:
             scaler.unscale_(optimizer)
         if clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+            objective.clip_grad_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
         objective.before_optimizer_step(optimizer, epoch=epoch, step=global_step, total_steps=total_steps)
         if scaler:
             scaler.step(optimizer)

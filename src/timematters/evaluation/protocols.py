@@ -2,7 +2,7 @@
 
     timematters linear    --checkpoint RUN --data DIR   linear probe on frozen features
                           [--task sync|before-after]     (or RTT's time-related probes, see below)
-    timematters finetune  --checkpoint RUN --data DIR   full fine-tuning (AdamW, cosine)
+    timematters finetune  --checkpoint RUN --data DIR   full fine-tuning through the training engine
     timematters knn       --checkpoint RUN --data DIR   weighted kNN vote on frozen features
     timematters retrieval --checkpoint RUN --data DIR   top-k hit rate, test queries vs the train set
 
@@ -10,6 +10,15 @@ Every command writes a metrics JSON (``--out``); ``--random-init`` evaluates the
 architecture with fresh random weights (the baseline every pretraining method is compared with).
 Videos that fail to load are left out, never replaced: the JSON gives ``num_failed`` and ``failed``
 (split, path, reason) and one line on screen names them.
+
+- Which network: when the run's objective keeps an EMA teacher (SVT, as DINO), the teacher is evaluated
+  (``--student`` for the student); otherwise the trained backbone.
+- Pretext report: every record of a pretrained checkpoint carries ``pretext`` (the pretext accuracies of
+  its last logged training steps, ``acc/*`` next to their chance level ``chance/*``, SVT's teacher
+  entropy and KL) and ``pretrained``: false, with a warning, when every pretext task stayed at chance
+  (or the SVT teacher collapsed), i.e. the weights are drifted random weights.
+- ``--target``: ``class`` (default) or a nuisance factor of the pretraining benchmark (``shape``,
+  ``side``, ``background``; ``timematters synth --preset pretrain``): how well the features predict it.
 
 - Linear probe: features of the frozen backbone (``Features.cls``, averaged over ``--views`` clips per
   video), standardised with train statistics, then a linear classifier. ``--solver sgd`` (default): SGD
@@ -23,6 +32,9 @@ Videos that fail to load are left out, never replaced: the JSON gives ``num_fail
 - Synchronisation (RTT Table 3, ``linear --task sync``): two overlapping clips of a video, the second
   delayed by d in -6..+6 frames; a classifier of three fully connected layers on psi(x1) - psi(x2)
   predicts d (13 classes): accuracy and mean absolute error in frames.
+- Fine-tuning (``finetune``): the training engine (``engine/train.py``: checkpoints, resume, AMP, DDP)
+  with the supervised objective, started from the evaluated backbone; the run directory is
+  ``--run-dir`` (default: beside ``--out``), and a killed fine-tuning resumes there.
 - Before-after (``linear --task before-after``): two non-overlapping sub-clips of ``clip_len / 2``
   frames, concatenated in time order (class 0) or swapped (class 1) into one clip; the same
   three-layer classifier on its feature predicts the order.
@@ -30,7 +42,9 @@ Videos that fail to load are left out, never replaced: the JSON gives ``num_fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -309,13 +323,43 @@ def time_task_probe(task: str, train_x: torch.Tensor, train_y: torch.Tensor, tes
 
 
 # ============================================================================ loading
+TEACHER_PREFIX = "objective.teacher_backbone"  # an objective's EMA teacher backbone (SVT), if it keeps one
+
+
 def load_backbone(checkpoint: str, device: torch.device, *, random_init: bool = False,
-                  seed: int = 0) -> tuple[nn.Module, dict]:
+                  seed: int = 0, student: bool = False) -> tuple[nn.Module, dict]:
     """The backbone and its ``pretrained_cfg`` (frames, size, mean/std, data) from a run, an export folder, a
-    Hugging Face folder or a Hub id; with ``random_init`` the same architecture with fresh weights."""
+    Hugging Face folder or a Hub id; with ``random_init`` the same architecture with fresh weights.
+
+    When a run's checkpoint holds an EMA teacher backbone (``objective.teacher_backbone.*``, SVT / DINO),
+    the teacher's weights are loaded, as those methods evaluate it, unless ``student``;
+    ``pretrained_cfg["evaluated"]`` says which network is evaluated."""
     from ..models.hf import from_pretrained
     model = from_pretrained(checkpoint, device=device, random_init=random_init, seed=seed)
-    return model, model.pretrained_cfg
+    cfg = model.pretrained_cfg
+    cfg["evaluated"] = "random init" if random_init else "backbone"
+    teacher = {} if random_init else _teacher_state(checkpoint)
+    if teacher:
+        cfg["evaluated"] = "student"
+        if not student:
+            model.load_state_dict(teacher)
+            cfg["evaluated"] = "teacher"
+    return model, cfg
+
+
+def _teacher_state(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The EMA teacher backbone's tensors of a timematters run, or {} (none, or not a run)."""
+    from ..engine.checkpoint import resolve_weights, split_state
+    try:
+        weights = resolve_weights(checkpoint)
+    except (FileNotFoundError, ValueError, OSError):
+        return {}
+    if weights.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(weights), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith(TEACHER_PREFIX + ".")]
+        return split_state({k: f.get_tensor(k) for k in names}, TEACHER_PREFIX)
 
 
 def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: bool, num_frames: int,
@@ -332,6 +376,15 @@ def build_loader(args: argparse.Namespace, spec: dict, split: str, *, train: boo
         sampling=sampling, stride=stride, scale=(size, max(size, round(size * 1.25))), mean=spec["mean"],
         std=spec["std"], views=views, seed=args.seed, short_side=spec.get("short_side", 0),
         backend=(spec.get("data") or {}).get("decode_backend", "auto"))
+    target = getattr(args, "target", "class")
+    if target != "class":  # a nuisance factor of the pretraining benchmark instead of the class
+        from ..data.synth_pretrain import nuisance_labels
+        labels = nuisance_labels(root, target)
+        missing = [r.video_id for r in dataset.records if r.video_id not in labels]
+        if missing:
+            raise ValueError(f"--target {target}: {len(missing)} videos have no such factor (e.g. {missing[0]})")
+        dataset.records = [dataclasses.replace(r, label=labels[r.video_id]) for r in dataset.records]
+        class_names = [str(v) for v in range(max(labels.values()) + 1)]
     loader = DataLoader(dataset, batch_size=batch_size or args.batch_size, shuffle=train,
                         num_workers=args.num_workers, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.seed) if train else None)
@@ -348,6 +401,8 @@ def frozen_features(args: argparse.Namespace, model: nn.Module, spec: dict, devi
     """(train feats, train labels, test feats, test labels, class names), averaged over ``views`` clips.
     ``failures`` receives one ``LoadFailures`` per split (the videos left out)."""
     t = _clip_len(args, spec)
+    if args.mode == "slowfast":  # SVT: a slow clip of t frames and a fast clip of all source frames
+        t = args.fast_frames or 8 * t
     out = []
     class_names: list[str] = []
     failures = failures if failures is not None else {}
@@ -366,10 +421,60 @@ def failure_metrics(failures: dict[str, LoadFailures]) -> dict:
     return {"num_failed": len(listed), "failed": listed}
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory of a checkpoint (a run directory, or a file in its ``checkpoints/``)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+def pretext_report(checkpoint: str | Path, last: int = 5, margin: float = 0.1) -> dict:
+    """What the pretraining run learned, from its ``metrics.jsonl``: the mean of the last ``last`` logged
+    train rows of every pretext metric (``acc/*``, ``chance/*``, ``svt/*``, ``taco/*``).
+
+    A task is at chance when its accuracy is below chance + margin x (1 - chance) (10 % of the way to
+    perfect); an SVT teacher has collapsed when its entropy is above 95 % of the maximum (uniform) or its
+    batch-mean entropy below 0.5 nats (one prototype). ``pretrained`` is False when every task with a
+    chance level is at chance, or the teacher collapsed; None when the run logged no pretext metric."""
+    path = run_dir_of(checkpoint) / "metrics.jsonl"
+    if not path.is_file():
+        return {"pretrained": None, "reason": f"no {path.name} beside the checkpoint"}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("type") == "train"][-last:]
+    keys = sorted({k for r in rows for k in r if k.startswith(("acc/", "chance/", "svt/", "taco/"))})
+    if not keys:
+        return {"pretrained": None, "reason": "the run logged no pretext metric"}
+    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    at_chance = [k[len("chance/"):] for k in keys if k.startswith("chance/") and f"acc/{k[7:]}" in mean
+                 and mean[f"acc/{k[7:]}"] < mean[k] + margin * (1 - mean[k])]
+    tasks = [k for k in keys if k.startswith("chance/") and f"acc/{k[7:]}" in mean]
+    collapsed = None
+    if "svt/teacher_entropy" in mean:
+        high = "svt/max_entropy" in mean and mean["svt/teacher_entropy"] > 0.95 * mean["svt/max_entropy"]
+        low = mean.get("svt/teacher_batch_entropy", 1.0) < 0.5
+        collapsed = "uniform" if high else ("one prototype" if low else None)
+    pretrained = not ((tasks and len(at_chance) == len(tasks)) or collapsed)
+    report = {"pretrained": pretrained, "metrics": mean, "at_chance": at_chance, "steps": [r["step"] for r in rows]}
+    if collapsed:
+        report["collapsed"] = collapsed
+    if not pretrained:
+        logging.getLogger("timematters.protocols").warning(
+            "%s: NOT PRETRAINED: %s; these are drifted random weights", checkpoint,
+            f"the SVT teacher collapsed ({collapsed})" if collapsed else
+            "every pretext task is at chance (" + ", ".join(
+                f"{t} {mean['acc/' + t]:.3f} vs chance {mean['chance/' + t]:.3f}" for t in at_chance) + ")")
+    return report
+
+
 def write_metrics(args: argparse.Namespace, protocol: str, metrics: dict) -> dict:
     record = {"protocol": protocol, "checkpoint": str(args.checkpoint), "random_init": bool(args.random_init),
               **metrics,
               "settings": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}}
+    record["evaluated"] = getattr(args, "evaluated", None)
+    if not args.random_init:  # the pretext accuracies next to every probe result
+        record["pretext"] = pretext_report(args.checkpoint)
+        record["pretrained"] = record["pretext"]["pretrained"]
     text = json.dumps(record, indent=1, default=str)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -399,12 +504,20 @@ def _common(p: argparse.ArgumentParser, *, views: int, batch_size: int, epochs: 
     p.add_argument("--stride", type=int, default=2, help="frame stride of dense sampling")
     if features:
         p.add_argument("--mode", default="cls", choices=("cls", "slowfast"),
-                       help="clip feature: the CLS token, or SlowFast-style pooled tokens (default cls)")
+                       help="clip feature: the CLS token, or SVT's slow-fast average: a clip of --num-frames "
+                            "and a fast one of --fast-frames at lower resolution (default cls)")
+        p.add_argument("--fast-frames", type=int, default=0,
+                       help="slowfast: frames of the fast clip, spread over the video (default 8 x the clip)")
+        p.add_argument("--target", default="class",
+                       help="class (default), or a nuisance factor of the pretraining benchmark "
+                            "(shape, side, background): how well the features predict it")
     if epochs is not None:
         p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     if lr is not None:
         p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"clips per batch (default {batch_size})")
+    p.add_argument("--student", action="store_true",
+                   help="evaluate the student when the run keeps an EMA teacher (default: the teacher, as SVT)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N videos of each split")
     p.add_argument("--random-init", action="store_true", help="the checkpoint's architecture, random weights")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -430,7 +543,7 @@ def add_linear_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_linear(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    model, spec = _load(args, device)
     if args.task == "classify":
         failures: dict[str, LoadFailures] = {}
         tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
@@ -485,7 +598,7 @@ def add_knn_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_knn(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    model, spec = _load(args, device)
     failures: dict[str, LoadFailures] = {}
     tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
     metrics = knn_classify(tr_x, tr_y, te_x, te_y, num_classes=len(names), k=args.k, temperature=args.temperature)
@@ -502,7 +615,7 @@ def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_retrieval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+    model, spec = _load(args, device)
     failures: dict[str, LoadFailures] = {}
     tr_x, tr_y, te_x, te_y, _ = frozen_features(args, model, spec, device, args.views, failures)
     metrics = retrieval_hit_rates(tr_x, tr_y, te_x, te_y, ks=args.ks)
@@ -519,78 +632,65 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up before the cosine decay (default 1)")
 
-
-def finetune(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader, *, num_classes: int,
-             epochs: int, lr: float, weight_decay: float = 0.05, label_smoothing: float = 0.0,
-             warmup_epochs: float = 1.0, device: torch.device, log: Callable[[str], None] = print) -> dict:
-    """Replace the head, train every weight with AdamW (linear warm-up, cosine), report video-level top-1/5
-    (softmax averaged over each video's clips)."""
-    model.reset_classifier(num_classes)
-    model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n not in model.no_weight_decay())]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=lr)
-    total = max(1, epochs * len(train_loader))
-    warm = int(warmup_epochs * len(train_loader))
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-    step = 0
-    for epoch in range(epochs):
-        if hasattr(train_loader.dataset, "set_epoch"):
-            train_loader.dataset.set_epoch(epoch)
-        model.train()
-        running, n = 0.0, 0
-        substituted = LoadFailures(action="substituted")   # training replaces unreadable videos: counted
-        bar = Progress(substituted.track(train_loader), total=sized(train_loader), desc=f"finetune epoch {epoch}",
-                       unit="batch")
-        for batch in bar:
-            scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-            for g in opt.param_groups:
-                g["lr"] = lr * scale
-            with autocast():
-                logits = model(batch["video"].to(device, non_blocking=True))
-            loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += float(loss.detach()) * len(batch["label"])
-            n += len(batch["label"])
-            step += 1
-            bar.set_postfix(loss=f"{running / n:.3f}")
-        substituted.finish()
-        log(f"finetune epoch {epoch}: loss {running / max(1, n):.4f}")
-    return evaluate_classifier(model, test_loader, num_classes=num_classes, device=device) | {"train_loss": running / max(1, n)}
+    p.add_argument("--amp", default="auto", help="auto | off | bf16 | fp16: the engine's optim.amp (default auto)")
+    p.add_argument("--run-dir", default="",
+                   help="the fine-tuning run's directory (checkpoints, metrics; default: --out without .json); "
+                        "a killed fine-tuning resumes there")
 
 
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device) -> dict:
-    """Video-level top-1/top-5 (%) with softmax scores averaged over each video's clips."""
-    model.eval()
-    probs: dict = {}
-    labels: dict = {}
-    failures = LoadFailures()
-    for batch in Progress(failures.track(loader), total=sized(loader), desc="test", unit="batch"):
-        p = model(batch["video"].to(device)).float().softmax(dim=-1).cpu()
-        for key, pi, yi in zip(video_keys(batch), p, batch["label"].tolist()):
-            probs[key] = probs.get(key, 0) + pi
-            labels[key] = yi
-    excluded = failures.finish()
-    scores = torch.stack([probs[k] for k in probs])
-    return (topk_accuracy(scores, torch.tensor([labels[k] for k in probs])) | {"videos_test": len(probs)}
-            | {"num_failed": excluded["num_failed"], "failed": excluded["failed"]})
+def finetune_config(args: argparse.Namespace, spec: dict, init: str, run_dir: Path):
+    """The engine config of a fine-tuning: the checkpoint's data and architecture, the supervised
+    objective, AdamW with linear warm-up and cosine decay, starting from the weights in ``init``."""
+    from ..config import Config
+    cfg = Config()
+    d, size = cfg.data, int(spec["img_size"])
+    d.root = args.data or spec.get("data", {}).get("root", "")
+    d.format = args.format or spec.get("data", {}).get("format", "ssv2")
+    if not d.root:
+        raise ValueError("no dataset: pass --data DIR (the checkpoint's spec names none)")
+    d.train_split, d.val_split = args.train_split, args.val_split
+    d.num_frames, d.img_size, d.sampling, d.stride = _clip_len(args, spec), size, args.sampling, args.stride
+    d.scale = (size, max(size, round(size * 1.25)))
+    d.mean, d.std = tuple(spec["mean"]), tuple(spec["std"])
+    d.num_workers, d.val_views = args.num_workers, args.views
+    cfg.model.name, cfg.model.pretrained = spec["name"], init
+    cfg.model.extra = {k: v for k, v in spec["create_kwargs"].items() if k not in ("num_classes", "img_size")}
+    cfg.objective.method, cfg.objective.label_smoothing = "supervised", args.label_smoothing
+    o = cfg.optim
+    o.epochs, o.batch_size, o.lr, o.weight_decay = args.epochs, args.batch_size, args.lr, args.weight_decay
+    o.warmup_epochs, o.schedule, o.amp = args.warmup_epochs, "cosine", args.amp
+    cfg.run.out, cfg.run.seed, cfg.run.device = str(run_dir), args.seed, args.device
+    cfg.run.eval_shuffles, cfg.run.tensorboard = 0, False
+    return cfg
 
 
 def main_finetune(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-    t = _clip_len(args, spec)
-    train_loader, names = build_loader(args, spec, args.train_split, train=True, num_frames=t,
-                                       sampling=args.sampling, stride=args.stride)
-    test_loader, _ = build_loader(args, spec, args.val_split, train=False, num_frames=t, sampling=args.sampling,
-                                  stride=args.stride, views=args.views)
-    torch.manual_seed(args.seed)
-    metrics = finetune(model, train_loader, test_loader, num_classes=len(names), epochs=args.epochs, lr=args.lr,
-                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                       warmup_epochs=args.warmup_epochs, device=device)
+    """Fine-tune through the training engine; a killed fine-tuning resumes from its run directory."""
+    from safetensors.torch import save_file
+    from ..engine.checkpoint import latest_checkpoint
+    from ..engine.train import train
+    model, spec = _load(args, torch.device("cpu"))
+    if "create_kwargs" not in spec:
+        raise ValueError(f"finetune: {args.checkpoint} is a {spec.get('kind')} model; fine-tuning runs through the "
+                         "training engine, which builds timematters architectures (train --config with "
+                         "model.pretrained=... for converted weights)")
+    run_dir = Path(args.run_dir or (Path(args.out).with_suffix("") if args.out else "runs/finetune"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init = run_dir / "init.safetensors"   # the evaluated backbone (teacher, trained or random weights)
+    if not init.is_file():
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(init))
+    cfg = finetune_config(args, spec, str(init), run_dir)
+    last = train(cfg, resume=latest_checkpoint(run_dir) is not None)
+    if not last:  # a finished run resumed: its last validation is on disk
+        last = json.loads((run_dir / "val_metrics.json").read_text())
+    metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))}
+    metrics.update(run_dir=str(run_dir), videos_test=last.get("num_videos"))
     write_metrics(args, "finetune", metrics)
     return 0
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict]:
+    model, spec = load_backbone(args.checkpoint, device, random_init=args.random_init, seed=args.seed,
+                                student=getattr(args, "student", False))
+    args.evaluated = "random init" if args.random_init else spec.get("evaluated", "backbone")
+    return model, spec

@@ -21,7 +21,8 @@ def build_objective(method: str, model, *, num_classes: int, label_smoothing: fl
         return TIME(model, **kw)
     if method == "time_pretrain":
         from .time import TIME
-        return TIME(model, **{**kw, "weights": {"cls": 0, "debias": 0, **kw["weights"]}})
+        # as a pretext task the order head sees shuffled clips (see TIME's ``order_on``)
+        return TIME(model, **{"order_on": "shuffled", **kw, "weights": {"cls": 0, "debias": 0, **kw["weights"]}})
     if method == "image_time":
         from .image_time import ImageTIME
         return ImageTIME(model, **kw)

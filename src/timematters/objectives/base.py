@@ -37,6 +37,12 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: dict) -> tuple[LossDict, OutDict]:  # pragma: no cover
         raise NotImplementedError
 
+    def clip_grad_(self, parameters: list[torch.Tensor], max_norm: float) -> None:
+        """Called by the engine when ``optim.clip_grad`` > 0, after unscaling: clip the gradients of
+        ``parameters`` (every trainable tensor). Default: the global norm; an objective whose recipe clips
+        otherwise (DINO / SVT: each parameter on its own) overrides this."""
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
     def before_optimizer_step(self, optimizer, *, epoch: int, step: int, total_steps: int) -> None:
         """Called after gradient clipping, before ``optimizer.step()`` (``step`` is 0-based): weight-decay
         schedules, freezing a layer's gradients."""

@@ -168,6 +168,11 @@ class RTT(Objective):
         t_hit = (t_logits.argmax(-1) == tau).float().reshape(B, n)
         out: OutDict = {"acc/transform": t_hit.mean().detach(),
                         "acc/speed": (s_logits.argmax(-1) == s_target).float().mean().detach()}
+        # chance (the majority class): the transformation is uniform over 4; speeds above what the source
+        # allows are capped to k_max, which then holds their share
+        k_max = temporal.max_speed(T_src, self.clip_len, self.num_speeds)
+        out["chance/transform"] = torch.tensor(1.0 / n)
+        out["chance/speed"] = torch.tensor((self.num_speeds - k_max) / self.num_speeds)
         for j, name in enumerate(TRANSFORMS):
             out[f"acc/transform_{name}"] = t_hit[:, j].mean().detach()
         return losses, out

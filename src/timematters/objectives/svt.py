@@ -16,6 +16,8 @@ What the engine calls, besides ``losses, outputs = objective(model, batch)``:
   and clipping), before ``optimizer.step()``: the head's last layer stays frozen during the first
   ``freeze_last_layer_epochs`` and the weight decay follows a cosine from the group's value to
   ``weight_decay_end`` (``cancel_last_layer_grads`` / ``weight_decay_at`` are the two halves).
+* ``clip_grad_(parameters, max_norm)`` when ``optim.clip_grad`` > 0: DINO's per-parameter clipping
+  (each parameter's gradient norm on its own), instead of the engine's default global norm.
 * ``no_weight_decay()``: the objective's parameter names that must not decay (biases, 1-d tensors).
 """
 from __future__ import annotations
@@ -223,8 +225,8 @@ class SpatioTemporalViews:
         if rng.random() < self.grayscale_p:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if rng.random() < self.blur_p[aug_slot]:
-            # sigma range is given for 224 px views (DINO: 0.1-2.0); scale it with the view size
-            sigma = rng.uniform(*self.blur_sigma) * size / 224.0
+            # DINO's GaussianBlur: sigma in pixels of the view, 0.1-2.0 at every view size
+            sigma = rng.uniform(*self.blur_sigma)
             kernel = min(2 * math.ceil(3 * sigma) + 1, size if size % 2 else size - 1)
             x = TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
         if rng.random() < self.solarize_p[aug_slot]:
@@ -232,18 +234,23 @@ class SpatioTemporalViews:
         return x
 
     def _color_jitter(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """ColorJitter(brightness, contrast, saturation, hue) in a random order, one draw per view."""
-        b, c, s, hue = self.color_jitter
-        ops = [
-            (TF.adjust_brightness, rng.uniform(max(0.0, 1 - b), 1 + b)),
-            (TF.adjust_contrast, rng.uniform(max(0.0, 1 - c), 1 + c)),
-            (TF.adjust_saturation, rng.uniform(max(0.0, 1 - s), 1 + s)),
-            (TF.adjust_hue, rng.uniform(-hue, hue)),
-        ]
-        for i in rng.permutation(len(ops)):
-            fn, factor = ops[i]
-            x = fn(x, float(factor))
-        return x.clamp_(0.0, 1.0)
+        return color_jitter(x, rng, self.color_jitter)
+
+
+def color_jitter(x: torch.Tensor, rng: np.random.Generator, strengths: Sequence[float]) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) in a random order, one draw for the whole clip
+    x (T, C, H, W) in [0, 1]."""
+    b, c, s, hue = strengths
+    ops = [
+        (TF.adjust_brightness, rng.uniform(max(0.0, 1 - b), 1 + b)),
+        (TF.adjust_contrast, rng.uniform(max(0.0, 1 - c), 1 + c)),
+        (TF.adjust_saturation, rng.uniform(max(0.0, 1 - s), 1 + s)),
+        (TF.adjust_hue, rng.uniform(-hue, hue)),
+    ]
+    for i in rng.permutation(len(ops)):
+        fn, factor = ops[i]
+        x = fn(x, float(factor))
+    return x.clamp_(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -393,8 +400,13 @@ class SVT(Objective):
         self._update_center(teacher_out)
 
         with torch.no_grad():
+            # KL(teacher || student) = CE - H(teacher), per pair; 0 when the student matches the teacher
+            teacher_h = -(teacher_p * torch.log(teacher_p.clamp_min(1e-12))).sum(-1).mean(-1)   # (Vt,)
+            kl = ce - teacher_h[:, None]
             outputs: OutDict = {
                 "svt/loss_gg": ce[:, :n_global][pair[:, :n_global]].mean().detach(),
+                "svt/kl": kl[pair].mean().detach(),
+                "svt/max_entropy": torch.tensor(math.log(teacher_p.shape[-1])),
                 "svt/teacher_temp": self.teacher_temp.detach().clone(),
                 "svt/momentum": self.momentum.detach().clone(),
                 **self.collapse_stats(teacher_p, student_cls[0]),
@@ -479,6 +491,10 @@ class SVT(Objective):
         self.teacher_temp.fill_(temp)
 
     # -- optimiser hooks -----------------------------------------------------------------------------
+    def clip_grad_(self, parameters: list[torch.Tensor], max_norm: float) -> None:
+        """DINO / SVT clip every parameter's gradient norm on its own (``utils.clip_gradients``)."""
+        clip_grad_per_parameter_(parameters, max_norm)
+
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, *, epoch: int, step: int,
                               total_steps: int) -> None:
         """Call after backward (and unscaling / clipping), before ``optimizer.step()``; ``step`` is the

@@ -8,7 +8,13 @@ into the contrastive space and a task head per transformation predicts the trans
     L = w_contrast * sum_n InfoNCE(z(V^n), z(V))  +  lambda * sum_n CE(task_n)        (Eqs. 1-4)
 
 with tau = 0.07, lambda = 10 (``weights={"task": 10}``) and the negatives from a MoCo queue of momentum
-keys (``memory="moco"``, 16384 by default) or an InstDisc memory bank (``memory="bank"``).
+keys (``memory="moco"``, 16384 by default) or an InstDisc memory bank (``memory="bank"``). The default
+tasks are the paper's best pair, speed + shuffle (Table 2); rotation and reverse are optional.
+
+Negatives never include the query's own video: the queue remembers which video each key came from, and
+keys of the query's video are masked out (a queue longer than an epoch's keys would otherwise hold stale
+keys of the same video as negatives). Every clip gets its own spatial augmentation (random resized crop,
+flip, colour jitter, grayscale, ``augment=True``), so query and key differ in more than their start frame.
 
 Transformations and task heads (Section 4.2.2); every clip is ``clip_len`` frames at the base speed
 2^``base_speed`` unless stated:
@@ -57,6 +63,7 @@ from ..utils import rng_for, torch_rng_for
 from .base import LossDict, Objective, OutDict
 
 TASKS = ("rotation", "reverse", "shuffle", "speed")
+DEFAULT_TASKS = ("speed", "shuffle")  # the paper's best pair (Table 2)
 NEG_STREAM = 0x4E454753  # third rng key of the bank's negative draw (never a sample index)
 
 
@@ -135,7 +142,7 @@ class TaCo(Objective):
         num_classes: unused (pretext task; accepted for the common objective signature).
         label_smoothing: on the task cross-entropies.
         weights: ``contrast`` (1) and ``task`` (lambda, 10 as the paper).
-        tasks: the transformations used (default all four).
+        tasks: the transformations used (default the paper's best pair: speed, shuffle).
         clip_len: frames per clip (default ``model.num_frames``; the paper: 8).
         base_speed: clips take every 2^base_speed-th frame of the source (the paper: stride 8 -> 3).
         num_speeds: speed classes of the speed task (1x, 2x, 4x, ... relative to the base speed).
@@ -149,6 +156,9 @@ class TaCo(Objective):
         temperature: of InfoNCE (0.07).
         proj_dim, hidden_dim: projection output size and hidden width of every head.
         base_term: include the plain CSL loss of the original clip (see the module docstring).
+        augment: an independent spatial augmentation per clip (crop ``crop_scale`` of the area, flip
+            ``flip_p``, colour jitter ``color_jitter`` with probability ``color_jitter_p``, grayscale
+            ``grayscale_p``); ``mean`` / ``std`` must equal the data's normalisation.
         seed: base seed of the draws.
     """
 
@@ -156,11 +166,16 @@ class TaCo(Objective):
     TERMS = ("contrast", "task")
 
     def __init__(self, model: nn.Module, *, num_classes: int = 0, label_smoothing: float = 0.0,
-                 weights: dict | None = None, tasks: tuple[str, ...] | list[str] = TASKS, clip_len: int = 0,
+                 weights: dict | None = None, tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS, clip_len: int = 0,
                  base_speed: int = 0, num_speeds: int = 3, shuffle_clips: int = 3, memory: str = "moco",
                  queue_size: int = 16384, momentum: float = 0.999, bank_size: int = 0,
                  num_negatives: int = 16384, bank_momentum: float = 0.5, temperature: float = 0.07,
-                 proj_dim: int = 128, hidden_dim: int = 512, base_term: bool = True, seed: int = 0):
+                 proj_dim: int = 128, hidden_dim: int = 512, base_term: bool = True, augment: bool = True,
+                 crop_scale: tuple[float, float] = (0.5, 1.0), flip_p: float = 0.5,
+                 color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+                 color_jitter_p: float = 0.8, grayscale_p: float = 0.2,
+                 mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 seed: int = 0):
         super().__init__()
         unknown = set(weights or {}) - set(self.TERMS)
         if unknown:
@@ -197,6 +212,10 @@ class TaCo(Objective):
         self.bank_momentum = bank_momentum
         self.temperature = temperature
         self.base_term = base_term
+        self.augment = augment
+        self.crop_scale, self.flip_p = tuple(crop_scale), flip_p
+        self.color_jitter, self.color_jitter_p, self.grayscale_p = tuple(color_jitter), color_jitter_p, grayscale_p
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
         self.seed = seed
 
         D = model.embed_dim
@@ -217,6 +236,8 @@ class TaCo(Objective):
                 p.requires_grad_(False)
             self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=g), dim=1))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+            # the video (sample index) each key came from; -1 = the random initial keys
+            self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))
             self.register_buffer("key_ready", torch.zeros((), dtype=torch.bool))
         else:
             self.register_buffer("bank", F.normalize(torch.randn(bank_size, proj_dim, generator=g), dim=1))
@@ -285,6 +306,8 @@ class TaCo(Objective):
         t, nf = self.clip_len, len(names)
         clips = temporal.apply_order(video, draws["full"].reshape(B, nf * t))
         clips = clips.reshape(B, nf, t, *video.shape[2:])               # (B, F, t, C, H, W)
+        if self.augment:
+            clips = self._augment(clips, batch["index"], stream=2)
         if "rotation" in self.tasks:
             j = names.index("rotation")
             rotated = [temporal.rotation_jitter(clips[b, j], int(draws["rotation"][b]),
@@ -303,6 +326,8 @@ class TaCo(Objective):
         if "shuffle" in self.tasks:
             n, s = self.shuffle_clips, self.sub_len
             sub = temporal.apply_order(video, draws["sub"].reshape(B, n * s))
+            if self.augment:   # one augmentation for the three sub-clips: only their order may differ
+                sub = self._augment(sub[:, None], batch["index"], stream=3)[:, 0]
             hs = model.forward_features(sub.reshape(B * n, s, *video.shape[2:])).cls
             h["shuffle_parts"] = hs.reshape(B, n, -1)                   # (B, n, D)
             h["shuffle"] = h["shuffle_parts"].mean(dim=1)
@@ -336,11 +361,36 @@ class TaCo(Objective):
             target = draws[name]
             task_losses.append(F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing))
             out[f"acc/{name}"] = (logits.argmax(-1) == target).float().mean().detach()
+            out[f"chance/{name}"] = torch.tensor(1.0 / logits.shape[-1])
         losses["task"] = self.weights["task"] * torch.stack(task_losses).sum()
 
         if self.training:
             self._update_memory(batch, positive, h)
         return losses, out
+
+    def _augment(self, clips: torch.Tensor, index: torch.Tensor, stream: int) -> torch.Tensor:
+        """An independent spatial augmentation per clip: clips (B, F, t, C, H, W) normalised -> same shape.
+        Draws from rng_for(seed, step, sample index, stream)."""
+        from .svt import color_jitter, random_resized_crop_box
+        import torchvision.transforms.v2.functional as TF
+        B, F_, t, C, H, W = clips.shape
+        mean = clips.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = clips.new_tensor(self.std).view(1, 3, 1, 1)
+        out = torch.empty_like(clips)
+        for b in range(B):
+            rng = rng_for(self.seed, int(self.step), int(index[b]), stream)
+            for f in range(F_):
+                x = (clips[b, f].float() * std + mean).clamp(0.0, 1.0)        # (t, C, H, W) in [0, 1]
+                top, left, h, w = random_resized_crop_box(rng, H, W, self.crop_scale)
+                x = TF.resized_crop(x, top, left, h, w, [H, W], antialias=True)
+                if rng.random() < self.flip_p:
+                    x = TF.horizontal_flip(x)
+                if rng.random() < self.color_jitter_p:
+                    x = color_jitter(x, rng, self.color_jitter)
+                if rng.random() < self.grayscale_p:
+                    x = TF.rgb_to_grayscale(x, num_output_channels=3)
+                out[b, f] = ((x - mean) / std).to(clips.dtype)
+        return out
 
     def _check_length(self, T_src: int) -> None:
         fastest = self.base_speed + (self.num_speeds - 1 if "speed" in self.tasks else 0)
@@ -359,7 +409,9 @@ class TaCo(Objective):
             with torch.no_grad():
                 k = self.key_proj(self.key_encoder.forward_features(key_clip).cls)  # (B, d)
             h["moco_key"] = k
-            return k, self.queue.clone().detach(), None
+            index = batch["index"].to(self.queue_index.device).long()
+            own = self.queue_index[None, :] == index[:, None]              # (B, K): keys of the query's video
+            return k, self.queue.clone().detach(), own
         index = batch["index"].to(self.bank.device).long()
         if int(index.max()) >= len(self.bank) or int(index.min()) < 0:
             raise ValueError(f"TaCo: batch index {int(index.max())} does not fit the memory bank of "
@@ -374,12 +426,14 @@ class TaCo(Objective):
     def _update_memory(self, batch: dict, positive: torch.Tensor, h: dict[str, torch.Tensor]) -> None:
         if self.memory == "moco":
             keys = _gather(h["moco_key"].to(self.queue.dtype))
+            index = _gather(batch["index"].to(self.queue.device).long())
             n, size = len(keys), len(self.queue)
             ptr = int(self.queue_ptr)
             slots = (ptr + torch.arange(n, device=keys.device)) % size
             if n > size:  # more keys than slots: keep the last ones
-                keys, slots = keys[-size:], slots[-size:]
+                keys, slots, index = keys[-size:], slots[-size:], index[-size:]
             self.queue[slots] = keys
+            self.queue_index[slots] = index
             self.queue_ptr.fill_((ptr + n) % size)
             return
         z = self.proj["original"](h["key"]).detach().to(self.bank.dtype)  # (B, d)

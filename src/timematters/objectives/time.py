@@ -102,6 +102,10 @@ class TIME(Objective):
         shuffle: ``"per_sample"`` (a random non-identity permutation per clip, the default) or
             ``"per_batch"`` (the official code: one permutation per step shared by the batch,
             identity not excluded).
+        order_on: ``"original"`` (the paper: the order head sees the clip as it is) or ``"shuffled"``
+            (the pretext variant, default of ``time_pretrain``: the head sees a frame-shuffled clip and
+            predicts each shown frame's original index. On an unshuffled clip the answer is the position,
+            which the time embedding alone gives away; on a shuffled one it must come from the content).
         seed: base seed of the shuffles; each clip's permutation is drawn from (seed, step, sample index)
             so resumed and distributed runs draw the same shuffles.
     """
@@ -110,13 +114,16 @@ class TIME(Objective):
 
     def __init__(self, model: nn.Module, *, num_classes: int, label_smoothing: float = 0.0,
                  weights: dict | None = None, shuffle: str = "per_sample", smooth_aux: bool = True,
-                 seed: int = 0):
+                 order_on: str = "original", seed: int = 0):
         super().__init__()
         unknown = set(weights or {}) - set(self.TERMS)
         if unknown:
             raise ValueError(f"TIME: unknown loss weight(s) {sorted(unknown)}; terms are {self.TERMS}")
         if shuffle not in ("per_sample", "per_batch"):
             raise ValueError(f"TIME: shuffle must be 'per_sample' or 'per_batch', got {shuffle!r}")
+        if order_on not in ("original", "shuffled"):
+            raise ValueError(f"TIME: order_on must be 'original' or 'shuffled', got {order_on!r}")
+        self.order_on = order_on
         self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.TERMS}
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -147,18 +154,28 @@ class TIME(Objective):
         video = batch["video"]                                  # (B, T, C, H, W)
         B, T = video.shape[:2]
         w = self.weights
-        feats = model.forward_features(video)
-        logits = model.forward_head(feats)                      # (B, K)
+        # the clip as it is: for the class and flow terms, and the paper's order term
+        plain = w["cls"] or self.flow_head is not None or (self.order_head is not None and self.order_on == "original")
+        feats = model.forward_features(video) if plain else None
         losses: LossDict = {}
-        out: OutDict = {"logits": logits.detach()}
+        out: OutDict = {}
+        if feats is not None:
+            logits = model.forward_head(feats)                  # (B, K)
+            out["logits"] = logits.detach()
         if w["cls"]:
             losses["cls"] = w["cls"] * F.cross_entropy(logits.float(), batch["label"],
                                                        label_smoothing=self.label_smoothing)
         if self.order_head is not None:
-            frame_feats = feats.tokens.mean(dim=2)              # (B, T, D)
-            loss, acc = self.order_head.loss(frame_feats)
+            if self.order_on == "shuffled":                     # shown frame p is original frame order[p]
+                order = self.shuffle_orders(batch, T).to(video.device)           # (B, T)
+                shown = model.forward_features(temporal.apply_order(video, order))
+                loss, acc = self.order_head.loss(shown.tokens.mean(dim=2), positions=order)
+            else:
+                frame_feats = feats.tokens.mean(dim=2)          # (B, T, D)
+                loss, acc = self.order_head.loss(frame_feats)
             losses["order"] = w["order"] * loss
             out["acc/order"] = acc
+            out["chance/order"] = torch.tensor(1.0 / T)
         if self.flow_head is not None:
             if "flow" not in batch:
                 raise KeyError("TIME: the flow term needs batch['flow'] (B, T-1, h, w) from "
