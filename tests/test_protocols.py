@@ -211,7 +211,8 @@ def test_load_backbone_random_init(run_and_data):
     run, _ = run_and_data
     trained, spec = P.load_backbone(str(run), torch.device("cpu"))
     fresh, spec2 = P.load_backbone(str(run), torch.device("cpu"), random_init=True, seed=5)
-    assert spec.pop("evaluated") == "backbone" and spec == spec2 and type(fresh) is type(trained)
+    assert (spec.pop("evaluated"), spec2.pop("evaluated")) == ("backbone", "random init")
+    assert spec == spec2 and type(fresh) is type(trained)
     a, b = trained.state_dict(), fresh.state_dict()
     assert a.keys() == b.keys()
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], b["blocks.0.attn.qkv.weight"])
