@@ -653,6 +653,9 @@ def finetune_config(args: argparse.Namespace, spec: dict, init: str, run_dir: Pa
     d.scale = (size, max(size, round(size * 1.25)))
     d.mean, d.std = tuple(spec["mean"]), tuple(spec["std"])
     d.num_workers, d.val_views = args.num_workers, args.views
+    src = spec.get("data") or {}
+    d.decode_backend = src.get("decode_backend", d.decode_backend)
+    d.allow_outside_root = bool(src.get("allow_outside_root", False))
     cfg.model.name, cfg.model.pretrained = spec["name"], init
     cfg.model.extra = {k: v for k, v in spec["create_kwargs"].items() if k not in ("num_classes", "img_size")}
     cfg.objective.method, cfg.objective.label_smoothing = "supervised", args.label_smoothing
