@@ -132,7 +132,7 @@ def size_overrides(name: str, raw: dict, data_root: Path, out: Path, vit: Path, 
           "optim.micro_batch": batch // 2, "data.num_workers": 0, "data.img_size": 32, "data.scale": [32, 40],
           **{f"model.{k}": v for k, v in WIDTH.items()}}
     ov["model.pretrained"] = str(vit) if flat.get("model.pretrained") else ""
-    if flat.get("data.format", "ssv2") != "imagefolder" and flat.get("data.sampling", "tsn") == "tsn" \
+    if flat.get("data.format", "ssv2") != "imagefolder" and flat.get("data.sampling", "tsn").startswith("tsn") \
             and "model.extra.num_frames" not in flat:
         ov["data.num_frames"] = 4                       # the clip (flow and order need >= 2 frames)
     if flat.get("objective.method") == "svt":           # views at the test's resolution, frames and width

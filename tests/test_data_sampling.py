@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timematters.data.sampling import dense_indices, sample_indices, tsn_indices
+from timematters.data.sampling import dense_indices, sample_indices, tsn_indices, tsn_slowfast_indices
 
 lengths = st.integers(1, 400)
 clip_lengths = st.integers(1, 32)
@@ -71,3 +71,20 @@ def test_bad_arguments():
         tsn_indices(10, 4, view=2, views=2)
     with pytest.raises(ValueError, match="unknown sampling"):
         sample_indices("uniform", 10, 4)
+
+
+@pytest.mark.parametrize("length", [1, 3, 8, 9, 37, 50])
+def test_tsn_slowfast_is_the_official_ssv2_rule(length):
+    """The rule of the official SSv2 loaders (TimeSformer, Motionformer, TIME), written out here."""
+    T = 8
+    seg = float(length - 1) / T
+    bounds = [(int(np.round(seg * i)), int(np.round(seg * (i + 1)))) for i in range(T)]
+    assert tsn_slowfast_indices(length, T).tolist() == [(s + e) // 2 for s, e in bounds]
+    for seed in range(20):
+        idx = tsn_slowfast_indices(length, T, np.random.default_rng(seed))
+        assert all(s <= i <= e for i, (s, e) in zip(idx.tolist(), bounds))
+        assert np.all(np.diff(idx) >= 0) and 0 <= idx.min() and idx.max() <= length - 1
+    draws = {tuple(tsn_slowfast_indices(37, T, np.random.default_rng(s)).tolist()) for s in range(200)}
+    ends = {d[-1] for d in draws}
+    assert 36 in ends                                  # the last segment's end is inclusive (the last frame)
+    assert sample_indices("tsn_slowfast", 37, T).tolist() == tsn_slowfast_indices(37, T).tolist()

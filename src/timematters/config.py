@@ -24,7 +24,7 @@ class DataConfig:
     val_split: str = "validation"
     num_frames: int = 8                # T frames per clip
     img_size: int = 64                 # crop size (pixels, square)
-    sampling: str = "tsn"              # tsn (one frame per segment) | dense (fixed stride)
+    sampling: str = "tsn"              # tsn (one frame per segment) | tsn_slowfast (the official SSv2 rule) | dense
     stride: int = 2                    # dense sampling stride
     scale: tuple[int, int] = (64, 80)  # train short-side jitter range before the crop
     scale_sampling: str = "uniform"    # uniform | inverse (1/side uniform: PySlowFast's INV_UNIFORM_SAMPLE)

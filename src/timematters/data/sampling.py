@@ -7,6 +7,9 @@ jump in time inside the clip, which is exactly the signal temporal objectives an
 benchmark classes must not see by accident.
 - TSN: segment k spans frames [k*L//T, (k+1)*L//T) and holds at least one frame, so with fewer frames
   than segments neighbouring segments share a frame (e.g. 3 frames, T = 6 -> 0 0 1 1 2 2).
+- tsn_slowfast: the SSv2 loader of PySlowFast / TimeSformer / Motionformer / the TIME code: T segments of
+  (L - 1) / T frames with rounded ends, each end shared with the next segment; train draws a frame in
+  [start, end] (inclusive), eval takes (start + end) // 2.
 - dense: the stride is kept and indices past the end are clamped to the last frame (as PySlowFast
   does), so the clip ends on a held frame.
 All returned indices are non-decreasing and lie in ``0 .. num_video_frames - 1``.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLINGS = ("tsn", "dense")
+SAMPLINGS = ("tsn", "tsn_slowfast", "dense")
 
 
 def _check(num_video_frames: int, num_frames: int, view: int, views: int) -> None:
@@ -43,6 +46,25 @@ def tsn_indices(num_video_frames: int, num_frames: int, rng: np.random.Generator
     return idx.astype(np.int64)
 
 
+def tsn_slowfast_indices(num_video_frames: int, num_frames: int, rng: np.random.Generator | None = None, *,
+                         view: int = 0, views: int = 1) -> np.ndarray:
+    """The official SSv2 rule: ``seg = (L - 1) / T``, segment k = [round(seg k), round(seg (k+1))] (NumPy's
+    round, ends inclusive); train a uniform frame of it, eval ``(start + end) // 2`` (views == 1) or the frame
+    at fraction ``(view + 0.5) / views``."""
+    _check(num_video_frames, num_frames, view, views)
+    seg = (num_video_frames - 1) / num_frames
+    k = np.arange(num_frames + 1, dtype=np.float64)
+    bounds = np.round(seg * k).astype(np.int64)                                  # (T+1,)
+    start, end = bounds[:-1], bounds[1:]                                         # inclusive ends
+    if rng is not None:
+        idx = rng.integers(start, end + 1)
+    elif views == 1:
+        idx = (start + end) // 2
+    else:
+        idx = start + (end - start) * (2 * view + 1) // (2 * views)
+    return idx.astype(np.int64)
+
+
 def dense_indices(num_video_frames: int, num_frames: int, rng: np.random.Generator | None = None, *,
                   stride: int = 2, view: int = 0, views: int = 1) -> np.ndarray:
     """``num_frames`` frames ``stride`` apart. Train: random start; eval: centred when views == 1, else
@@ -64,9 +86,11 @@ def dense_indices(num_video_frames: int, num_frames: int, rng: np.random.Generat
 
 def sample_indices(sampling: str, num_video_frames: int, num_frames: int, rng: np.random.Generator | None = None,
                    *, stride: int = 2, view: int = 0, views: int = 1) -> np.ndarray:
-    """Dispatch on ``sampling`` ("tsn" or "dense")."""
+    """Dispatch on ``sampling`` ("tsn", "tsn_slowfast" or "dense")."""
     if sampling == "tsn":
         return tsn_indices(num_video_frames, num_frames, rng, view=view, views=views)
+    if sampling == "tsn_slowfast":
+        return tsn_slowfast_indices(num_video_frames, num_frames, rng, view=view, views=views)
     if sampling == "dense":
         return dense_indices(num_video_frames, num_frames, rng, stride=stride, view=view, views=views)
     raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLINGS}")
