@@ -631,7 +631,6 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
     p.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up before the cosine decay (default 1)")
-
     p.add_argument("--amp", default="auto", help="auto | off | bf16 | fp16: the engine's optim.amp (default auto)")
     p.add_argument("--run-dir", default="",
                    help="the fine-tuning run's directory (checkpoints, metrics; default: --out without .json); "
