@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -51,13 +52,16 @@ def _folder_dataset(root, clip):
                 (root / split / cls / f"{split}_{cls}{k}.mp4").write_bytes(clip)
 
 
-def test_folder_dataset_with_a_broken_video_and_mismatched_folders(tmp_path, clip, capsys):
+def test_folder_dataset_with_a_broken_video_and_mismatched_folders(tmp_path, clip, capsys, caplog, monkeypatch):
     root = tmp_path / "data"
     _folder_dataset(root, clip)
-    assert cli.main(["data", "check", str(root), "--workers", "2"]) == 0
+    monkeypatch.setattr("timematters.utils.PROGRESS_INTERVAL_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="timematters.progress"):
+        assert cli.main(["data", "check", str(root), "--workers", "2"]) == 0
     captured = capsys.readouterr()
     assert "layout: folder (detected: class folders" in captured.out and "8 of 8 videos decode" in captured.out
-    assert "videos checked" in captured.err                  # stderr is not a terminal: plain progress lines
+    progress = [r.getMessage() for r in caplog.records if r.name == "timematters.progress"]
+    assert progress and progress[-1].startswith("decoding: done, 8/8 video")  # not a terminal: plain lines
 
     broken = root / "val" / "dog" / "val_dog1.mp4"
     broken.write_bytes(clip[: len(clip) // 3])
@@ -70,9 +74,9 @@ def test_folder_dataset_with_a_broken_video_and_mismatched_folders(tmp_path, cli
     (root / "val" / "fox").mkdir()
     (root / "val" / "fox" / "f.mp4").write_bytes(clip)           # a class training never saw
     assert cli.main(["data", "check", str(root), "--format", "folder"]) == 2
-    out = capsys.readouterr().out
-    assert f"error: {root / 'val' / 'fox'}: class folder 'fox' is not among the 2 classes" in out
-    assert "checking" not in out                                  # nothing decoded
+    captured = capsys.readouterr()
+    assert f"error: {root / 'val' / 'fox'}: class folder 'fox' is not among the 2 classes" in captured.err
+    assert "checking" not in captured.out                         # nothing decoded
 
 
 def test_list_problems_and_exit_codes(tmp_path, clip, capsys):
@@ -86,13 +90,13 @@ def test_list_problems_and_exit_codes(tmp_path, clip, capsys):
 
     (tmp_path / "train.txt").write_text("v/a.mp4 0\n../outside.mp4 0\n")
     assert cli.main(["data", "check", str(tmp_path)]) == 2
-    assert "train.txt: line 2: video" in capsys.readouterr().out
+    assert "train.txt: line 2: video" in capsys.readouterr().err
     assert cli.main(["data", "check", str(tmp_path), "--allow-outside-root"]) == 1   # allowed: it is missing
     assert "FAIL" in capsys.readouterr().out
 
     (tmp_path / "train.txt").write_bytes("v/a.mp4 0\nv/\xe9t\xe9.mp4 0\n".encode("latin-1"))
     assert cli.main(["data", "check", str(tmp_path)]) == 2
-    assert f"error: {tmp_path / 'train.txt'}: line 2: not UTF-8 text" in capsys.readouterr().out
+    assert f"error: {tmp_path / 'train.txt'}: line 2: not UTF-8 text" in capsys.readouterr().err
 
 
 def test_ssv2_validation_overlap(tmp_path, clip, capsys):

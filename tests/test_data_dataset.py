@@ -183,4 +183,4 @@ def test_build_video_dataset_and_data_check(videos, tmp_path, capsys):
     assert "missing file" in out
     (root / "labels" / "something-something-v2-train.json").write_text("[{")
     assert cli.main(["data", "check", str(root)]) == 2
-    assert "invalid JSON" in capsys.readouterr().out
+    assert "invalid JSON" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from timematters.data.annotations import (FORMATS, AnnotationError, VideoRecord,
                                           read_annotations)
 from timematters.data.decode import BACKENDS, DecodeError, open_video
 from timematters.data.sampling import tsn_indices
+from timematters.utils import Progress
 
 EXIT_CODES = """exit status:
   0  all good: every video decodes, no duplicate or shared ids
@@ -127,27 +128,17 @@ def _decode_all(records: list[VideoRecord], *, frames: int, backend: str, worker
     jobs = [(str(r.path), frames, backend) for r in records]
     failures: list[tuple[Path, str]] = []
     total_frames = 0
-    tty = sys.stderr.isatty()
-    from tqdm import tqdm
-    bar = tqdm(total=len(jobs), unit="video", desc="decoding", file=sys.stderr, disable=not tty, dynamic_ncols=True)
-    every, last_print, start = max(10, len(jobs) // 10), time.perf_counter(), time.perf_counter()
     pool = Pool(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap_unordered(_check_job, jobs, chunksize=4) if pool else map(_check_job, jobs)
-        for i, (path, n, reason) in enumerate(results, 1):
+        bar = Progress(results, total=len(jobs), desc="decoding", unit="video")
+        for path, n, reason in bar:
             if reason:
                 failures.append((Path(path), reason))
             else:
                 total_frames += n
-            bar.update(1)
-            bar.set_postfix(failed=len(failures), refresh=False)
-            now = time.perf_counter()
-            if not tty and (i % every == 0 or now - last_print > 30 or i == len(jobs)):
-                print(f"  {i}/{len(jobs)} videos checked, {len(failures)} failed "
-                      f"[{i / max(now - start, 1e-9):.1f} videos/s]", file=sys.stderr, flush=True)
-                last_print = now
+            bar.set_postfix(failed=len(failures))
     finally:
-        bar.close()
         if pool is not None:
             pool.terminate()
     order = {str(r.path): i for i, r in enumerate(records)}
@@ -167,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"layout: {fmt} (detected: {evidence}; pass --format to choose another)")
         by_split, splits = collect_records(root, fmt, args.split, allow_outside_root=args.allow_outside_root)
     except AnnotationError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     list_root = root.parent if root.is_file() else root
     problems = id_problems(by_split, list_root, fmt)
