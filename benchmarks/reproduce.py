@@ -433,6 +433,8 @@ def fmt(ms: tuple[float, float, int], want: int) -> str:
     m, sd, n = ms
     if n == 0:
         return "pending"
+    if n == 1:
+        return f"{m:.1f} (n=1)"
     cell = f"{m:.1f} ± {sd:.1f}"
     return cell if n >= want else f"{cell} (n={n})"
 
@@ -504,7 +506,8 @@ def findings(out: Path, t3: dict, probe_summary: dict) -> list[str]:
                      f"paper's models keep most of their accuracy on shuffled clips).")
     if probe_summary.get("probe", {}).get("baseline"):
         p = probe_summary["probe"]["baseline"]
-        lines.append(f"Order probe, baseline: block 1 {p['mean'][0]:.0f} % → last block {p['mean'][-1]:.0f} % "
+        lines.append(f"Order probe, baseline ({len(probe_summary['seeds'])} seeds): block 1 {p['mean'][0]:.0f} % → "
+                     f"last block {p['mean'][-1]:.0f} % "
                      f"(Fig. 1b: order information fades with depth; "
                      f"{'the same direction' if p['mean'][-1] < p['mean'][0] - 2 * max(p['std'][0], p['std'][-1], 1) else 'no clear fall'} here).")
     lines.append(f"+TIME raises top-1 on all classes (Table 3): {verdict(compare(base, full, 'all', 'top1'))}.")
@@ -645,7 +648,7 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
         blocks = np.arange(1, acc.shape[1] + 1)
         sd = acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(acc.shape[1])
         ax.errorbar(blocks, acc.mean(0), yerr=sd, marker="o", capsize=4, linewidth=2, color=colors.get(n),
-                    label=f"{n} (mean ± std, {len(acc)} seeds)")
+                    label=f"{n} (mean ± std, {len(acc)} seed{'s' * (len(acc) != 1)})")
         summary.setdefault("probe", {})[n] = {"mean": acc.mean(0).tolist(), "std": sd.tolist()}
     ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
     ax.annotate(f"chance {chance:.1f} %", (0.99, chance), xycoords=("axes fraction", "data"), ha="right",
@@ -678,7 +681,8 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
     ax.set_xlim(-1, 1)
     ax.set_xlabel("confidence gap  p(y | x) − p(y | x shuffled)")
     ax.set_ylabel("probability mass per bin (mean ± std over seeds)")
-    ax.set_title(f"Fig. 1c analog: confidence gap, validation clips ({len(audits)} seeds, 20 bins)")
+    ax.set_title(f"Fig. 1c analog: confidence gap, validation clips ({len(audits)} seed{'s' * (len(audits) != 1)}, "
+                 f"20 bins)")
     ax.legend(loc="upper left", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -707,7 +711,10 @@ def table3_figure(rows: dict[str, list[dict]], fig_dir: Path, prefix: str) -> st
                      for c in combos]
             ax.bar(x + (j - 0.5) * 0.38, [m for m, _, _ in stats], 0.38, yerr=[sd for _, sd, _ in stats],
                    capsize=3, color=color, label=label)
-        ax.set_xticks(x, [combo_name(c).lstrip("+").replace("+", "\n+") for c in combos], fontsize=8)
+        ax.set_xticks(x, [combo_name(c).lstrip("+").replace("+", "\n+") + f"\n(n={len(rows[combo_name(c)])})"
+                          for c in combos], fontsize=8)
+        if group == "temporal":  # reversed pairs: a model blind to order cannot beat 50 %
+            ax.axhline(50, color="0.3", linestyle="--", linewidth=1, label="order-blind ceiling")
         ax.set_title(f"{group} classes")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("validation top-1 (%), mean ± std over seeds")
