@@ -159,7 +159,9 @@ def awkward_corpus(folder: Path, frames: int = 30) -> dict[str, Awkward]:
 
 def truncated_files(folder: Path, frames: int = 30) -> dict[str, Path]:
     """Really truncated files: the second half of the data is gone. The MP4 has its index up front
-    (faststart), so it opens and lists frames whose data is missing."""
+    (faststart), so it opens and lists frames whose data is missing. ``zeroed_tail.mp4`` keeps its size
+    and index but its second half is zeros (a download that stopped into a preallocated file): every
+    packet is there and the later ones do not decode."""
     folder = Path(folder)
     sources = {
         "faststart.mp4": encode(folder / "src" / "faststart.mp4", range(frames), gop=7,
@@ -172,6 +174,9 @@ def truncated_files(folder: Path, frames: int = 30) -> dict[str, Path]:
         data = src.read_bytes()
         out[name] = folder / f"truncated_{name}"
         out[name].write_bytes(data[: len(data) // 2])
+    data = sources["faststart.mp4"].read_bytes()
+    out["zeroed_tail.mp4"] = folder / "zeroed_tail.mp4"
+    out["zeroed_tail.mp4"].write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
     return out
 
 
