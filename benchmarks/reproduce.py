@@ -743,6 +743,28 @@ def provenance(out: Path) -> tuple[str, float, int]:
     return text, cpu, n
 
 
+def write_run_index(out: Path, path: Path) -> None:
+    """Every finished run in one JSON beside the report: command, resolved config, seed, commit, metrics, cost."""
+    keep = ("top1", "shuffled_top1", "gap_top1", "reversed_top1", "num_videos")
+    runs = {}
+    for f in sorted(out.rglob("result.json")):
+        r = json.loads(f.read_text())
+        val = r.get("val", {})
+        runs[str(f.parent.relative_to(out))] = {
+            **{k: r.get(k) for k in ("section", "name", "seed", "commit", "dirty", "resumed", "cpu_s",
+                                     "optimizer_steps", "finished", "argv")},
+            "val": {"all": {k: val[k] for k in keep if k in val},
+                    **{g: {k: v[k] for k in keep if k in v} for g, v in val.get("groups", {}).items()}},
+            "config": r.get("config")}
+    def rel(x):  # paths inside the repository as relative paths, so the file reads the same on any clone
+        if isinstance(x, str):
+            return x.replace(str(REPO) + os.sep, "")
+        if isinstance(x, list):
+            return [rel(v) for v in x]
+        return {k: rel(v) for k, v in x.items()} if isinstance(x, dict) else x
+    write_json(path, {"out": rel(str(out)), "runs": rel(runs)})
+
+
 def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: list[str], report: Path,
                  fig_dir: Path) -> Path:
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -769,10 +791,13 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
           f"{s.frames} frames; `configs/synth_baseline.yaml` / `synth_time.yaml` (AdamW lr 1e-3, cosine, 1 "
           f"warm-up epoch, batch 32, clip 1.0) for {s.epochs} epochs, trained from scratch, one CPU thread per "
           f"run. Shuffled = 2 random non-identity permutations per validation clip; gap = orig − shuffled. "
-          "Each run's resolved config, seed, commit and CPU seconds: `result.json` in its run directory under "
-          f"`{out}`. The paper's numbers (SSv2, ViT-B/16, ImageNet init, 224 px, 35 epochs) are beside ours for "
+          "Each run's command, resolved config, seed, commit, metrics and CPU seconds: "
+          f"`{'runs.json' if quick else 'reproduce_runs.json'}` beside this file (and `result.json` in each run "
+          f"directory under `{os.path.relpath(out, REPO)}`). The paper's numbers (SSv2, ViT-B/16, ImageNet init, 224 px, 35 epochs) are beside ours for "
           "the pattern only. Verdicts: a difference is called clear when it exceeds twice its standard error "
-          "over seeds.", ""]
+          "over seeds."
+          + ("" if quick else " Budget: planned for 120 min on 2 idle cores, 2 runs at a time; estimated from the CPU "
+             "time measured per run (Cost, below) at ~13,500 CPU s (~112 min), not yet measured end to end."), ""]
 
     figs, summary = audit_figures(out, fig_dir, prefix)
     L += ["### Findings, computed from the tables below", "",
@@ -903,6 +928,7 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
     else:
         new = "# Reproduction study\n\n" + block
     report.write_text(new)
+    write_run_index(out, report.parent / ("reproduce_runs.json" if not quick else "runs.json"))
     return report
 
 
