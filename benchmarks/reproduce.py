@@ -135,7 +135,7 @@ def git_commit() -> dict:
                                   timeout=20).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "src")  # the code the runs execute
     return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(status)}
 
 
@@ -733,7 +733,7 @@ def provenance(out: Path) -> tuple[str, float, int]:
     cpu, n = 0.0, 0
     for f in out.rglob("result.json"):
         r = json.loads(f.read_text())
-        c = r.get("commit", "unknown")[:10] + (" (uncommitted changes)" if r.get("dirty") else "")
+        c = r.get("commit", "unknown")[:10] + (" (+ uncommitted changes)" if r.get("dirty") else "")
         commits[c] = commits.get(c, 0) + 1
         cpu += float(r.get("cpu_s", 0.0))
         n += 1
@@ -779,7 +779,8 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
     status = "complete" if finished == len(tasks) and not failed else "PARTIAL"
     L += [f"**Status: {status}** — {finished} of {len(tasks)} tasks finished"
           + (f", failed: {', '.join(failed)}" if failed else "") + f"; written "
-          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Code: commit {commits}. "
+          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Code: the commit each run started from "
+          f"(uncommitted changes: in the working tree then) {commits}. "
           f"Seeds {seeds}; every cell is mean ± sample std over the seeds (n given where fewer finished; "
           f"'pending' = not run yet). CPU time of the finished work: {cpu / 60:.0f} core-minutes over {nruns} runs.",
           "",
@@ -802,7 +803,10 @@ def write_report(out: Path, s: Scale, quick: bool, tasks: list[Task], failed: li
     figs, summary = audit_figures(out, fig_dir, prefix)
     L += ["### Findings, computed from the tables below", "",
           "'reproduces' = the paper's direction, beyond twice the standard error over seeds; 'not established' = "
-          "within it; 'opposite' = the other direction beyond it; numbers are the difference in points ± 2 s.e.", ""]
+          "within it; 'opposite' = the other direction beyond it; numbers are the difference in points ± 2 s.e. "
+          "Effect sizes are not comparable with the paper's: the benchmark's temporal classes are time-reversed "
+          "pairs, so frame order is necessary for them by construction (SSv2 needs it less), and our models start "
+          "from scratch (the paper's from ImageNet).", ""]
     L += [f"- {line}" for line in findings(out, t3, summary)] + [""]
     L += ["### Table 3 analog: each TIME term, TimeSformer from scratch", "",
           "Trained on all 14 classes; columns = validation classes (all / temporal / static).", "", t3_text, ""]
