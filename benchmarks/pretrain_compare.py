@@ -146,7 +146,8 @@ def _ms(values: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f} ({len(v)})"
 
 
-def table(results: dict, seeds: list[int]) -> str:
+def table(results: dict, seeds: list[int], methods: list[str] | None = None) -> str:
+    methods = methods or list(METHODS)
     def get(method, protocol, path):
         vals = []
         for s in seeds:
@@ -163,11 +164,11 @@ def table(results: dict, seeds: list[int]) -> str:
             ("shape kNN (nuisance)", "frozen", ("nuisance", "shape", "knn")),
             ("background kNN (nuisance)", "frozen", ("nuisance", "background", "knn"))]
     lines = ["| init | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for m in METHODS:
+    for m in methods:
         lines.append(f"| {m} | " + " | ".join(_ms(get(m, p, path)) for _, p, path in cols) + " |")
     lines += ["", "Mean ± std over pretraining seeds (number of seeds in brackets); percent.", "",
               "Pretext accuracies at the end of pretraining (mean over seeds; chance in brackets):", ""]
-    for m in METHODS:
+    for m in methods:
         if m == "random":
             continue
         acc: dict[str, list] = {}
@@ -190,7 +191,7 @@ def table(results: dict, seeds: list[int]) -> str:
     lines += ["", "Difference to random init (mean) against 2 x the larger seed std:", ""]
     for proto, path, label in (("frozen", ("linear", "top1"), "linear"), ("frozen", ("knn", "top1"), "kNN")):
         base = get("random", proto, path)
-        for m in METHODS:
+        for m in methods:
             if m == "random":
                 continue
             vals = get(m, proto, path)
@@ -221,7 +222,7 @@ def main() -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.table:
-        print(table(load_results(out), a.seeds))
+        print(table(load_results(out), a.seeds, a.methods))
         return 0
     a.data = str(Path(a.data))
 
@@ -252,8 +253,8 @@ def main() -> int:
                 res["seconds"] = round(time.time() - t0, 1)
                 save_result(out, key, res)
                 log(f"{key}: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}")
-                out.with_suffix(".md").write_text(table(load_results(out), a.seeds) + "\n")
-    print(table(load_results(out), a.seeds))
+                out.with_suffix(".md").write_text(table(load_results(out), a.seeds, a.methods) + "\n")
+    print(table(load_results(out), a.seeds, a.methods))
     return 0
 
 
