@@ -163,7 +163,7 @@ def test_pair_property_order_blind_classifier_at_chance_within_pairs():
 
 def test_bias_knob_train_agrees_at_p_validation_at_chance(bench: Path):
     videos = 6000
-    classes, is_val = synth._split_and_classes(videos, 0, 0.2)
+    classes, is_val = synth.split_and_classes(videos, 0, 0.2, len(synth.CLASSES))
     for p in (0.0, 0.5, 0.9, 1.0):
         bg = synth._backgrounds(classes, is_val, 0, p)
         agree = bg == classes

@@ -595,9 +595,32 @@ def _fill(template: str, placeholders: list[str]) -> str:
     return out
 
 
-def _split_and_classes(videos: int, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def prepare_video_dir(out: Path, ids: list[str], *, force: bool) -> Path:
+    """``out/VIDEO_DIR``, created; refuses to overwrite earlier videos unless ``force``, and then drops
+    videos of an earlier, larger run so the folder matches the annotations about to be written."""
+    video_dir = out / VIDEO_DIR
+    if video_dir.is_dir() and any(video_dir.glob("*.webm")) and not force:
+        raise FileExistsError(f"{video_dir} already holds videos; pass force=True (--force) to overwrite")
+    video_dir.mkdir(parents=True, exist_ok=True)
+    keep = {f"{v}.webm" for v in ids}
+    for p in video_dir.glob("*.webm"):
+        if p.name not in keep:
+            p.unlink()
+    return video_dir
+
+
+def write_annotations(out: Path, labels: dict[str, str], splits: dict[str, list[dict[str, Any]]],
+                      meta: dict[str, Any]) -> None:
+    """The SSv2 label and split files and ``timematters-meta.json``, each written atomically."""
+    dump = lambda obj: json.dumps(obj, indent=1).encode()  # noqa: E731
+    atomic_write_bytes(out / LABELS_FILE, dump(labels))
+    for split, entries in splits.items():
+        atomic_write_bytes(out / SPLIT_FILES[split], dump(entries))
+    atomic_write_bytes(out / META_FILE, json.dumps(meta, separators=(",", ":")).encode())
+
+
+def split_and_classes(videos: int, seed: int, val_fraction: float, K: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced classes in a seeded random order; the last share of each class goes to validation."""
-    K = len(CLASSES)
     classes = rng_for(seed, 0x5EED).permutation(np.arange(videos) % K)
     is_val = np.zeros(videos, dtype=bool)
     for c in range(K):
@@ -681,19 +704,10 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
     if files and knobs["texture"] <= 0:
         raise ValueError("backdrop needs texture > 0 (the clutter amplitude)")
     out = Path(out)
-    video_dir = out / VIDEO_DIR
-    if video_dir.is_dir() and any(video_dir.glob("*.webm")) and not force:
-        raise FileExistsError(f"{video_dir} already holds videos; pass force=True (--force) to overwrite")
-    video_dir.mkdir(parents=True, exist_ok=True)
-
-    classes, is_val = _split_and_classes(videos, seed, val_fraction)
-    backgrounds = _backgrounds(classes, is_val, seed, bias)
     ids = [str(i + 1) for i in range(videos)]
-    if force:  # drop videos of an earlier, larger run so the folder matches the annotations
-        keep = {f"{v}.webm" for v in ids}
-        for p in video_dir.glob("*.webm"):
-            if p.name not in keep:
-                p.unlink()
+    video_dir = prepare_video_dir(out, ids, force=force)
+    classes, is_val = split_and_classes(videos, seed, val_fraction, len(CLASSES))
+    backgrounds = _backgrounds(classes, is_val, seed, bias)
     jobs = [_Job(i, ids[i], int(classes[i]), int(backgrounds[i]), seed, frames, size, float(knobs["contrast"]),
                  float(knobs["object_size"]), int(knobs["clutter"]), float(knobs["texture"]), files, fps, crf,
                  str(video_dir)) for i in range(videos)]
@@ -749,11 +763,7 @@ def generate(out: str | Path, *, videos: int = 2000, frames: int = 16, size: int
                        "[x0, y0, x1, y1) of the object's own pixels (coverage >= 0.5), null when out of frame",
         "videos": meta_videos,
     }
-    dump = lambda obj: json.dumps(obj, indent=1).encode()  # noqa: E731
-    atomic_write_bytes(out / LABELS_FILE, dump(labels))
-    for split, entries in splits.items():
-        atomic_write_bytes(out / SPLIT_FILES[split], dump(entries))
-    atomic_write_bytes(out / META_FILE, json.dumps(meta, separators=(",", ":")).encode())
+    write_annotations(out, labels, splits, meta)
     return out
 
 

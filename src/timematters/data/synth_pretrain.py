@@ -27,7 +27,6 @@ the number of worker processes. The annotation and metadata files are those of `
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import sys
 import time
@@ -38,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from timematters.utils import atomic_write_bytes, rng_for
+from timematters.utils import rng_for
 
-from .synth import LABELS_FILE, META_FILE, META_FORMAT, META_VERSION, SPLIT_FILES, VIDEO_DIR, _encode_webm, _sdf
+from .synth import META_FILE, META_FORMAT, META_VERSION, _encode_webm, _sdf, prepare_video_dir, split_and_classes, write_annotations
 
 # (template, generator) per class; the template's brackets are filled with the objects' names
 CLASSES: tuple[tuple[str, str], ...] = (
@@ -356,17 +355,9 @@ def generate(out: str | Path, *, videos: int = 2400, frames: int = 64, size: int
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: must be in (0, 1)")
     out = Path(out)
-    video_dir = out / VIDEO_DIR
-    if video_dir.is_dir() and any(video_dir.glob("*.webm")) and not force:
-        raise FileExistsError(f"{video_dir} already holds videos; pass force=True (--force) to overwrite")
-    video_dir.mkdir(parents=True, exist_ok=True)
-    classes, is_val = _split_and_classes_k(videos, seed, val_fraction, K)
     ids = [str(i + 1) for i in range(videos)]
-    if force:
-        keep = {f"{v}.webm" for v in ids}
-        for p in video_dir.glob("*.webm"):
-            if p.name not in keep:
-                p.unlink()
+    video_dir = prepare_video_dir(out, ids, force=force)
+    classes, is_val = split_and_classes(videos, seed, val_fraction, K)
     jobs = [_Job(i, ids[i], int(classes[i]), seed, frames, size, fps, crf, str(video_dir)) for i in range(videos)]
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -405,23 +396,8 @@ def generate(out: str | Path, *, videos: int = 2400, frames: int = 64, size: int
         "generation_seconds": round(seconds, 2),
         "videos": meta_videos,
     }
-    dump = lambda obj: json.dumps(obj, indent=1).encode()  # noqa: E731
-    atomic_write_bytes(out / LABELS_FILE, dump(labels))
-    for split, entries in splits.items():
-        atomic_write_bytes(out / SPLIT_FILES[split], dump(entries))
-    atomic_write_bytes(out / META_FILE, json.dumps(meta, separators=(",", ":")).encode())
+    write_annotations(out, labels, splits, meta)
     return out
-
-
-def _split_and_classes_k(videos: int, seed: int, val_fraction: float, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced classes in a seeded random order; the last share of each class goes to validation."""
-    classes = rng_for(seed, 0x5EED).permutation(np.arange(videos) % K)
-    is_val = np.zeros(videos, dtype=bool)
-    for c in range(K):
-        idx = np.nonzero(classes == c)[0]
-        n_val = int(math.ceil(val_fraction * len(idx)))
-        is_val[idx[len(idx) - n_val:]] = True
-    return classes, is_val
 
 
 def nuisance_labels(root: str | Path, target: str) -> dict[str, int]:
