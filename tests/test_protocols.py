@@ -130,6 +130,41 @@ def test_before_after_probe_needs_order_information():
     assert m["accuracy"] == pytest.approx(50.0, abs=10.0)
 
 
+def labelled_ramps(num_videos: int, frames: int, offset: int = 0) -> list[dict]:
+    """``ramp_loader`` with labels: every video rises (its arrow of time); odd ones are brighter (class 1)."""
+    out = []
+    for batch in ramp_loader(num_videos, frames, 4, offset=offset):
+        label = batch["index"] % 2
+        out.append({**batch, "video": batch["video"] + label[:, None, None, None, None].float(), "label": label})
+    return out
+
+
+def test_arrow_probe_tells_direction_only_from_order_aware_features():
+    train = P.arrow_features(frame_means, labelled_ramps(16, 8))
+    test = P.arrow_features(frame_means, labelled_ramps(8, 8, offset=2))
+    assert train[0].shape == (32, 8) and train[1].tolist() == [0, 1] * 16
+    m = P.arrow_probe(train, test, num_classes=2, epochs=200, lr=0.05)
+    assert m["accuracy"] == 100.0 and m["class_direction_top1"] == 100.0 and m["class_direction_chance"] == 25.0
+    # an order-blind feature gives the same vector both ways: exactly chance on the direction
+    train = P.arrow_features(clip_mean, labelled_ramps(16, 8))
+    test = P.arrow_features(clip_mean, labelled_ramps(8, 8, offset=2))
+    torch.testing.assert_close(train[0][0::2], train[0][1::2])
+    m = P.arrow_probe(train, test, num_classes=2, epochs=50, lr=0.05)
+    assert m["accuracy"] == pytest.approx(50.0, abs=6.25) and m["class_direction_top1"] <= 56.25
+
+
+def test_random_init_timesformer_is_blind_to_frame_order():
+    """The time embedding starts at zero (as the official code), so divided space-time attention is
+    permutation-equivariant in time and the CLS feature of a fresh model ignores frame order: the arrow
+    and before/after probes of random init are at chance by construction, not by measurement noise."""
+    model = _tiny_model().eval()
+    video = torch.randn(2, model.num_frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = P.clip_features(model, video)                                  # the CLS feature the probes use
+        r = P.clip_features(model, video.flip(1))
+    torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+
+
 def test_extract_features_averages_views_per_video():
     model = _tiny_model()
     g = torch.Generator().manual_seed(0)
@@ -192,6 +227,7 @@ def run_and_data(tmp_path_factory):
     ("finetune", ["--epochs", "1", "--batch-size", "8"], {"top1", "top5"}),
     ("linear", ["--task", "sync", "--max-offset", "3", "--epochs", "3", "--hidden", "32"], {"accuracy", "mae"}),
     ("linear", ["--task", "before-after", "--pairs", "2", "--epochs", "3", "--hidden", "32"], {"accuracy"}),
+    ("linear", ["--task", "arrow", "--epochs", "3"], {"accuracy", "class_direction_top1", "knn_class_direction_top1"}),
 ])
 def test_cli(run_and_data, tmp_path, command, extra, keys):
     from timematters.cli import main
@@ -201,7 +237,7 @@ def test_cli(run_and_data, tmp_path, command, extra, keys):
                "--out", str(out), *extra])
     assert rc == 0
     record = json.loads(out.read_text())
-    assert keys <= set(record) and record["protocol"] in (command, "sync", "before-after")
+    assert keys <= set(record) and record["protocol"] in (command, "sync", "before-after", "arrow")
     assert all(np.isfinite(record[k]) for k in keys)
     if "videos_test" in record:
         assert record["videos_test"] > 0

@@ -1,7 +1,7 @@
 """Evaluation protocols of self-supervised video backbones.
 
     timematters linear    --checkpoint RUN --data DIR   linear probe on frozen features
-                          [--task sync|before-after]     (or RTT's time-related probes, see below)
+                          [--task sync|before-after|arrow]  (or a time-related probe, see below)
     timematters finetune  --checkpoint RUN --data DIR   full fine-tuning through the training engine
     timematters knn       --checkpoint RUN --data DIR   weighted kNN vote on frozen features
     timematters retrieval --checkpoint RUN --data DIR   top-k hit rate, test queries vs the train set
@@ -38,6 +38,12 @@ Videos that fail to load are left out, never replaced: the JSON gives ``num_fail
 - Before-after (``linear --task before-after``): two non-overlapping sub-clips of ``clip_len / 2``
   frames, concatenated in time order (class 0) or swapped (class 1) into one clip; the same
   three-layer classifier on its feature predicts the order.
+- Arrow of time (``linear --task arrow``): every video's clip (as ``classify`` samples it) played forwards
+  and backwards. A linear probe on the frozen features predicts the direction (``accuracy``, chance 50 %),
+  and linear and kNN probes predict class x direction (``class_direction_top1``, ``knn_class_direction_top1``,
+  2K classes). Features that ignore frame order score exactly chance on the direction and at most half
+  their class accuracy on class x direction (a randomly initialised TimeSformer, whose time embedding
+  starts at zero, is such a model).
 """
 from __future__ import annotations
 
@@ -286,6 +292,39 @@ def before_after_features(feature_fn: FeatureFn, loader: Iterable[dict], *, clip
     return torch.cat(xs), torch.cat(ys)
 
 
+@torch.no_grad()
+def arrow_features(feature_fn: FeatureFn, loader: Iterable[dict], *, device: str | torch.device = "cpu",
+                   failures: LoadFailures | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every loaded clip forwards and backwards -> (features (2V, D), direction (2V,): 0 forwards,
+    1 backwards, class label (2V,)); rows alternate forwards / backwards per video."""
+    device = torch.device(device)
+    xs, directions, labels = [], [], []
+    failures = failures if failures is not None else LoadFailures()
+    for batch in Progress(failures.track(loader), total=sized(loader), desc="arrow features", unit="batch"):
+        video = batch["video"].to(device)                                 # (B, T, C, H, W)
+        both = torch.stack([video, video.flip(1)], dim=1)                 # (B, 2, T, C, H, W)
+        xs.append(feature_fn(both.flatten(0, 1)).float().cpu())           # (2B, D)
+        directions.append(torch.tensor([0, 1]).repeat(len(video)))
+        labels.append(torch.as_tensor(batch["label"]).repeat_interleave(2))
+    failures.finish()
+    return torch.cat(xs), torch.cat(directions), torch.cat(labels)
+
+
+def arrow_probe(train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                test: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *, num_classes: int, epochs: int = 100,
+                lr: float = 0.1, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Linear probes of direction (2-way) and class x direction (2K-way, plus kNN) on ``arrow_features``."""
+    (tr_x, tr_d, tr_y), (te_x, te_d, te_y) = train, test
+    direction = linear_probe(tr_x, tr_d, te_x, te_d, num_classes=2, epochs=epochs, lr=lr, seed=seed, device=device)
+    tr_c, te_c = 2 * tr_y + tr_d, 2 * te_y + te_d
+    joint = linear_probe(tr_x, tr_c, te_x, te_c, num_classes=2 * num_classes, epochs=epochs, lr=lr, seed=seed,
+                         device=device)
+    knn = knn_classify(tr_x, tr_c, te_x, te_c, num_classes=2 * num_classes)
+    return {"accuracy": direction["top1"], "train_accuracy": direction["train_top1"],
+            "chance": 50.0, "class_direction_top1": joint["top1"], "knn_class_direction_top1": knn["top1"],
+            "class_direction_chance": 100.0 / (2 * num_classes), "clips_train": len(tr_x), "clips_test": len(te_x)}
+
+
 def _warn_short(batch: dict, needed: int, task: str) -> None:
     """Warn when videos are shorter than the source clip (their last frame is held: offsets are wrong)."""
     meta = batch.get("meta") or []
@@ -528,8 +567,9 @@ def _common(p: argparse.ArgumentParser, *, views: int, batch_size: int, epochs: 
 
 def add_linear_arguments(p: argparse.ArgumentParser) -> None:
     _common(p, views=1, epochs=100, lr=0.1, batch_size=16)
-    p.add_argument("--task", default="classify", choices=("classify", "sync", "before-after"),
-                   help="classify: linear probe on the labels; sync / before-after: RTT's time-related probes")
+    p.add_argument("--task", default="classify", choices=("classify", "sync", "before-after", "arrow"),
+                   help="classify: linear probe on the labels; sync / before-after: RTT's time-related probes; "
+                        "arrow: direction (forwards / backwards) and class x direction probes")
     p.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"),
                    help="classify: SGD (as the papers) or L-BFGS on the frozen features (default sgd)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
@@ -559,7 +599,8 @@ def main_linear(args: argparse.Namespace) -> int:
 
 
 def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device) -> dict:
-    """RTT's synchronisation or before-after probe on frozen features (dense clips at stride 1)."""
+    """RTT's synchronisation or before-after probe on frozen features (dense clips at stride 1), or the
+    arrow-of-time probe (the classify clips, forwards and backwards)."""
     t = _clip_len(args, spec)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -571,7 +612,11 @@ def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: to
     failures: dict[str, LoadFailures] = {}
     for split in (args.train_split, args.val_split):
         failures[split] = LoadFailures()
-        if args.task == "sync":
+        if args.task == "arrow":
+            loader, class_names = build_loader(args, spec, split, train=False, num_frames=t,
+                                               sampling=args.sampling, stride=args.stride)
+            data.append(arrow_features(feature_fn, loader, device=device, failures=failures[split]))
+        elif args.task == "sync":
             L = t + 2 * args.max_offset
             loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
                                      batch_size=max(1, args.batch_size // (2 * args.max_offset + 1)))
@@ -584,6 +629,9 @@ def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: to
             data.append(before_after_features(feature_fn, loader, clip_len=t, pairs=args.pairs, seed=args.seed,
                                               device=device, failures=failures[split]))
     model.eval()
+    if args.task == "arrow":
+        return arrow_probe(data[0], data[1], num_classes=len(class_names), epochs=args.epochs, lr=args.lr,
+                           seed=args.seed, device=device) | failure_metrics(failures)
     return time_task_probe(args.task, data[0][0], data[0][1], data[1][0], data[1][1],
                            max_offset=args.max_offset, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
                            seed=args.seed, device=device) | failure_metrics(failures)
