@@ -6,6 +6,10 @@ Formats read (detected from the path and the key names):
   Google JAX ``.npz`` (``Transformer/encoderblock_{i}/...``).
 * official TimeSformer ``.pyth`` (``{"model_state": {"model.blocks.0.temporal_attn.qkv.weight": ...}}``).
 * official Motionformer ``.pyth`` (``patch_embed_3d.*``, ``pre_logits.fc.*``; see ``official_motionformer_to_ours``).
+* official X-ViT ``.pyth`` of the TIME code (``base_model.*`` + ``consensus.*``; see ``official_xvit_to_ours``).
+* official TIME-trained ``.pyth`` of any of the three (the backbone plus ``temp_head``, ``mlp_q/k/v/proj/norm``,
+  ``flow_head``; see ``official_time_to_ours``): the backbone loads, the heads are reported and returned in
+  ``LoadReport.time_heads`` under the names of ``objectives.time.TIME``.
 * a Hugging Face ``TimesformerModel`` / ``TimesformerForVideoClassification`` directory written by
   ``save_pretrained`` (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
 * our own state dicts (also wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, ``module.`` prefixes), and
@@ -119,6 +123,104 @@ def official_motionformer_to_ours(sd: Mapping[str, torch.Tensor], tubelet_size: 
     return out
 
 
+# The official X-ViT (TIME's code): a timm ViT under ``base_model.`` (its temporal-shift wrappers hold no
+# tensors) and the ``VitHead`` under ``consensus.``; one temporal encoder layer (TEMPORAL_HEAD.NUM_HIDDEN_LAYERS=1)
+# and MLP_DIM = HIDDEN_DIM = embed_dim, as in its defaults.
+_OFFICIAL_XVIT_NAMES = [
+    ("base_model.", ""),                                      # patch_embed, cls/pos/temp_embed, blocks, norm
+    ("consensus.cls_token", "temporal_cls"),
+    ("consensus.temporal_encoder.0.", "consensus."),         # Block: norm1, attn.qkv (no bias), attn.proj, ...
+    ("consensus.mlp_head.0.", "consensus_norm."),            # LayerNorm
+    ("consensus.mlp_head.1.", "head_fc."),                   # Linear(D, MLP_DIM); then GELU, Dropout
+    ("consensus.head.", "head."),                            # Linear(MLP_DIM, classes)
+]
+
+
+def official_xvit_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Official X-ViT of the TIME code (``XVIT``: ``base_model.*`` + ``consensus.*``) -> ours.
+
+    A tensor outside the table (a second temporal encoder layer, a ``base_model.pre_logits``) has no
+    counterpart in our X-ViT and raises, naming it. A ``model.`` prefix is stripped.
+    """
+    return _rename(strip_prefix(sd, "model."), _OFFICIAL_XVIT_RULES, "official X-ViT weights")
+
+
+# TIME's heads in the official code, one set on the top-level module of all three backbones (TimeSformer,
+# MotionFormer, XVIT), and their counterparts in ``objectives.time.TIME``. Both compute the same functions:
+#   order:  temp_head(tokens.mean(N))                               Linear(D, T)   == order_head.fc
+#   flow:   q = mlp_q(tokens[:, 1:]), k = mlp_k(tokens[:, :-1]), v = mlp_v(tokens[:, :-1]) (Linear(D, D) each),
+#           one head, softmax(q k^T / sqrt(D)) over the previous frame's N tokens, then
+#           flow_head(mlp_norm(mlp_proj(attn @ v)))  (LayerNorm eps 1e-6, Linear(D, 9))
+#                                                   == flow_head.{q, k, v, proj, norm, cls}
+# (``tokens``: the final-normed patch tokens (B, T, N, D), after Motionformer's Linear + tanh pre_logits.)
+OFFICIAL_TIME_HEADS = {
+    "temp_head": "order_head.fc",
+    "mlp_q": "flow_head.q",
+    "mlp_k": "flow_head.k",
+    "mlp_v": "flow_head.v",
+    "mlp_proj": "flow_head.proj",
+    "mlp_norm": "flow_head.norm",
+    "flow_head": "flow_head.cls",
+}
+
+
+def has_official_time_heads(sd: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``sd`` holds TIME's heads under the official names (any ``module.`` / ``model.`` prefix)."""
+    names = strip_prefix(strip_prefix(sd, "module."), "model.")
+    return any(f"{m}.weight" in names for m in OFFICIAL_TIME_HEADS)
+
+
+def split_official_time_heads(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict, StateDict]:
+    """Split TIME's heads off an official state dict: ``(rest, heads, unmatched)``.
+
+    ``heads`` are renamed to ``objectives.time.TIME``'s parameters (``OFFICIAL_TIME_HEADS``: ``temp_head.weight``
+    -> ``order_head.fc.weight`` ...). ``unmatched`` keeps, under their official names, the tensors of those
+    modules that ours has no counterpart for (anything but ``weight`` / ``bias``): the released code has none,
+    a variant may. The shapes are left to whoever loads the heads (the order head's T is the clip length).
+    """
+    rest, heads, unmatched = {}, {}, {}
+    for k, v in sd.items():
+        module, _, leaf = k.partition(".")
+        if module not in OFFICIAL_TIME_HEADS:
+            rest[k] = v
+        elif leaf in ("weight", "bias"):
+            heads[f"{OFFICIAL_TIME_HEADS[module]}.{leaf}"] = v
+        else:
+            unmatched[k] = v
+    return rest, heads, unmatched
+
+
+def official_to_ours(sd: Mapping[str, torch.Tensor], tubelet_size: int = 1) -> StateDict:
+    """An official backbone (TimeSformer, Motionformer, X-ViT of the TIME code) -> ours, by its key names."""
+    sd = strip_prefix(strip_prefix(sd, "module."), "model.")
+    if any(k.startswith("base_model.") for k in sd):
+        return official_xvit_to_ours(sd)
+    if any(k.startswith("patch_embed_3d.") for k in sd):
+        return official_motionformer_to_ours(sd, tubelet_size)
+    return official_timesformer_to_ours(sd)   # and a Motionformer without patch_embed_3d: our names already
+
+
+def official_time_to_ours(sd: Mapping[str, torch.Tensor], tubelet_size: int = 1
+                          ) -> tuple[StateDict, StateDict, StateDict]:
+    """An official TIME-trained state dict -> ``(backbone, heads, unmatched)``.
+
+    ``backbone``: our names, through the per-backbone converter (``official_timesformer_to_ours``,
+    ``official_motionformer_to_ours`` with ``tubelet_size``, ``official_xvit_to_ours``). ``heads``: TIME's heads
+    in the names of ``objectives.time.TIME`` (``OFFICIAL_TIME_HEADS``; the layers and their inputs are the
+    same, so ``TIME.load_state_dict(heads, strict=False)`` gives the official order and flow outputs).
+    ``unmatched``: head tensors without a counterpart (see :func:`split_official_time_heads`), for the caller
+    to report. The ``model_state`` wrapping is undone by :func:`read_state_dict`; ``module.`` (DDP) and
+    ``model.`` prefixes are stripped here. The debias term has no parameters.
+
+    Not mapped by name (checked when the heads are loaded): the official order head has one output per
+    *token* time step, so a Motionformer with tubelets (``PATCH_SIZE_TEMP`` > 1) has ``T / tubelet`` of them
+    where ``TIME.order_head`` has ``model.num_frames``.
+    """
+    sd = strip_prefix(strip_prefix(sd, "module."), "model.")
+    rest, heads, unmatched = split_official_time_heads(sd)
+    return official_to_ours(rest, tubelet_size), heads, unmatched
+
+
 # Hugging Face TimeSformer name <-> ours, both directions from one table. ``{i}`` is a block index; a name
 # ending in "." is a prefix (``weight`` / ``bias`` follow), any other name is a whole tensor name.
 _HF_TIMESFORMER_NAMES = [
@@ -153,6 +255,7 @@ def _rules(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[re
 
 _HF_TO_OURS = _rules(_HF_TIMESFORMER_NAMES)
 _OURS_TO_HF = _rules(_HF_TIMESFORMER_NAMES, reverse=True)
+_OFFICIAL_XVIT_RULES = _rules(_OFFICIAL_XVIT_NAMES)
 
 
 def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
@@ -307,6 +410,8 @@ def to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
     sd = strip_prefix(sd, "module.")
     if any(k.startswith(("embeddings.patch_embeddings", "timesformer.embeddings")) for k in sd):
         return hf_timesformer_to_ours(sd)
+    if any(k.startswith(("base_model.blocks.", "model.base_model.blocks.")) for k in sd):
+        return official_xvit_to_ours(sd)
     if any(k.startswith("model.blocks.") for k in sd):
         return official_timesformer_to_ours(sd)
     return dict(sd)
@@ -404,6 +509,8 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     resampled: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    time_heads: StateDict = field(default_factory=dict)   # official TIME heads, in objectives.time.TIME's names
+    time_unmatched: list[str] = field(default_factory=list)   # official TIME head tensors with no counterpart
 
     def __str__(self) -> str:
         lines = [f"loaded {self.source_arch} weights ({self.source_format}) from {self.path}"]
@@ -475,11 +582,23 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     """
     sd, fmt = read_state_dict(path)
     sd, left_out = split_model_tensors(strip_prefix(sd, "module."))
+    heads, unmatched = {}, {}
+    if has_official_time_heads(sd):                      # an official TIME-trained checkpoint
+        sd, heads, unmatched = official_time_to_ours(sd, getattr(model.patch_embed, "tubelet_size", 1))
     sd, src = convert_for_model(sd, model)
-    report = LoadReport(path=str(path), source_format=fmt, source_arch=src)
+    report = LoadReport(path=str(path), source_format=fmt, source_arch=src, time_heads=heads,
+                        time_unmatched=sorted(unmatched))
     if left_out:
         prefixes = sorted({k.split(".")[0] + ".*" for k in left_out})
         report.dropped.append(f"{len(left_out)} tensors outside model.* ({', '.join(prefixes)})")
+    if heads or unmatched:
+        official = sorted({k.split(".")[0] for k in unmatched} | {m for m, ours in OFFICIAL_TIME_HEADS.items()
+                                                                  if f"{ours}.weight" in heads})
+        report.dropped.append(f"{len(heads) + len(unmatched)} TIME head tensors ({', '.join(official)})")
+        log.warning("%s: not loaded into the backbone: the official TIME heads %s (%d tensors; in "
+                    "LoadReport.time_heads as objectives.time.TIME's order_head / flow_head)%s", path,
+                    ", ".join(official), len(heads),
+                    f"; with no counterpart in TIME: {', '.join(sorted(unmatched))}" if unmatched else "")
     sd = adapt_to_model(sd, model, report)
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)
