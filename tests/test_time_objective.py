@@ -159,6 +159,14 @@ def test_time_trains_a_few_steps_on_every_backbone(name, batch):
     assert totals[-1] < totals[0]
 
 
+def test_time_refuses_tubelets_with_a_readable_error():
+    """Order, debias and flow are per frame: a Motionformer with 2-frame tubelets has T/2 token time steps."""
+    m = create_model("motionformer_tiny", num_classes=K, num_frames=T, img_size=IMG, depth=1, embed_dim=64,
+                     num_heads=2, tubelet_size=2)
+    with pytest.raises(ValueError, match="tubelet_size=2"):
+        TIME(m, num_classes=K)
+
+
 def test_flow_loss_ignores_unlabelled_clips(model, batch):
     obj = TIME(model, num_classes=K, weights={"cls": 0, "order": 0, "debias": 0}, smooth_aux=False).eval()
     partial = dict(batch, flow=batch["flow"].clone())

@@ -119,6 +119,7 @@ class Motionformer(BackboneMixin, nn.Module):
         num_patches = self._set_surface(embed_dim=embed_dim, num_classes=num_classes, patch_size=patch_size,
                                         num_frames=num_frames, img_size=img_size)
 
+        self.tubelet_size = tubelet_size                                     # frames per token time step
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, tubelet_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))

@@ -131,6 +131,9 @@ class TIME(Objective):
         self.seed = seed
         aux_smoothing = label_smoothing if smooth_aux else 0.0
         self.aux_smoothing = aux_smoothing
+        if getattr(model, "tubelet_size", 1) != 1:  # order, debias and flow labels are per frame
+            raise ValueError(f"TIME needs one token time step per frame; the model has tubelet_size="
+                             f"{model.tubelet_size} (the official TIME recipes use 1: model.tubelet_size=1)")
         D = model.embed_dim
         self.order_head = PositionHead(D, model.num_frames, aux_smoothing) if self.weights["order"] else None
         self.flow_head = FlowHead(D) if self.weights["flow"] else None
