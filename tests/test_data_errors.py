@@ -11,6 +11,7 @@ import torch
 
 import timematters
 from test_data_videos import make_bad_files, write_video
+from videos import awkward_corpus
 from timematters.cli import main as cli_main
 from timematters.data.annotations import VideoRecord
 from timematters.data.dataset import LoadFailures, TooManyFailures, VideoDataset, collate
@@ -136,6 +137,48 @@ def test_exclude_mode_markers_collate_and_counts(tmp_path):
     counted.add(collate([sample]))
     lost = sample["meta"]["load_failures"]
     assert counted.failed_loads == len(lost) and counted.summary()["num_failed"] == len({f["path"] for f in lost})
+
+
+def test_substituted_frames_reach_training_and_evaluation_metrics(tmp_path, caplog):
+    """Real H.264 files (MP4 and Matroska) whose last packet decodes to no frame: every clip asks for that
+    frame (num_frames = the 8 frames of the index), so each such clip has one substituted frame. Through
+    the train CLI (a DataLoader worker) the count reaches metrics.jsonl per epoch and for the run, the
+    validation row and the eval CLI's JSON, and the one line on screen says so."""
+    import shutil
+    from test_engine import tiny_overrides
+    corpus = awkward_corpus(tmp_path / "corpus", frames=7)  # trailing_empty: 8 frames indexed, 7 decode
+    data = tmp_path / "data"
+    layout = {"train/a": ["h264_trailing_empty.mp4", "h264_bframes.mp4"],
+              "train/b": ["h264_trailing_empty.mkv", "vp9.webm"],
+              "validation/a": ["h264_trailing_empty.mp4"], "validation/b": ["h264_bframes.mkv"]}
+    for folder, names in layout.items():
+        (data / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(corpus[name].path, data / folder / name)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(data, run, **{"data.format": "folder", "data.num_frames": 8, "data.num_workers": 1,
+                                             "optim.epochs": 2, "optim.batch_size": 4, "model.embed_dim": 32})
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["train", "--config", "synth_baseline", *overrides]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["type"] == "val"]
+    assert [r["train_substituted_frames"] for r in epochs] == [2, 2]   # both trailing files, once per epoch
+    assert [r["train_num_failed"] for r in epochs] == [0, 0]           # decoded, not failed
+    assert [r["substituted_frames"] for r in epochs] == [1, 1]         # the validation pass
+    summary = next(r for r in rows if r["type"] == "data")
+    assert summary["train_substituted_frames"] == 4 and summary["train_num_failed"] == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(m.startswith("training: 4 requested frames never came out of the decoder") for m in said), said
+    caplog.clear()
+    out = tmp_path / "eval.json"
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["eval", "--checkpoint", str(run), "--split", "validation", "--views", "2",
+                         "--shuffles", "1", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["substituted_frames"] == 2 and m["num_failed"] == 0 and m["num_videos"] == 2   # 2 views of 1 file
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == ["2 requested frames never came out of the decoder and were replaced by the nearest "
+                     "decoded frame before them"]
 
 
 def _broken_synth(tmp_path):

@@ -100,7 +100,7 @@ def order_probe(model: nn.Module, train_loader: Iterable, test_loader: Iterable,
                 amp_dtype: torch.dtype | None = None, max_train_clips: int | None = None,
                 max_test_clips: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Per-block frame-order accuracy. Returns ``blocks`` (1-based), ``test_acc``, ``train_acc`` (%),
-    ``chance`` (%), ``num_frames`` (T'), the clip counts and the videos left out (``num_failed``, ``failed``)."""
+    ``chance`` (%), ``num_frames`` (T'), the clip counts and the videos left out (``num_failed``, ``failed``), ``substituted_frames``."""
     lost = {"train": LoadFailures(), "test": LoadFailures()}
     train = block_features(model, train_loader, device=device, amp_dtype=amp_dtype, max_clips=max_train_clips,
                            failures=lost["train"])
@@ -119,6 +119,7 @@ def order_probe(model: nn.Module, train_loader: Iterable, test_loader: Iterable,
         "num_test_clips": test[0].shape[0],
         "num_failed": len(failed),
         "failed": failed,
+        "substituted_frames": sum(fl.substituted_frames for fl in lost.values()),
     }
 
 

@@ -14,6 +14,8 @@ counted and remembered. What happens next depends on ``on_error``:
 
 ``LoadFailures`` reads both from the batches in the main process: it drops the markers, counts and lists
 the failed videos of a pass (summed over DDP ranks), and applies ``max_fail_ratio`` to the whole pass.
+It also sums ``meta["substituted_frames"]``: requested frames the decoder never emitted (e.g. the last
+packet of many H.264 files), each replaced by the nearest decoded frame before it (``data.decode``).
 Each dataset instance (= DataLoader worker) also stops early with ``TooManyFailures`` once, after at least
 ``min_attempts`` loads, more than ``max_fail_ratio`` of its own loads failed.
 """
@@ -105,7 +107,6 @@ class VideoDataset(Dataset):
         self.attempts = 0
         self.failures = 0
         self.failed: dict[int, str] = {}          # record index -> reason (each reported once)
-        self.substituted_frames = 0               # requested frames the decoder never emitted (nearest used)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch (as with DistributedSampler) so train clips change between epochs.
@@ -178,7 +179,7 @@ class VideoDataset(Dataset):
                 indices = sample_indices(self.sampling, num_video_frames, self.num_frames, rng,
                                          stride=self.stride, view=temporal_view, views=self.views)
                 frames = reader.get_frames(indices)  # (T, H, W, 3) uint8
-                self.substituted_frames += reader.substituted
+                substituted = reader.substituted     # frames the decoder never emitted (nearest one used)
         except DecodeError:
             raise
         except Exception as e:  # anything else a broken file provokes inside the decoder
@@ -201,7 +202,8 @@ class VideoDataset(Dataset):
             "index": index,
             "meta": {"video_id": record.video_id, "path": str(record.path),
                      "frame_indices": [int(i) for i in indices], "num_video_frames": num_video_frames,
-                     "geometry": geometry, "view": view, "video_index": video, "epoch": self.epoch},
+                     "geometry": geometry, "view": view, "video_index": video, "epoch": self.epoch,
+                     "substituted_frames": substituted},
         }
         if self.label_fn is not None:
             frames_uint8 = clip.permute(0, 2, 3, 1).contiguous().numpy()  # (T, H, W, 3) after crop/augment
@@ -253,9 +255,11 @@ class LoadFailures:
 
     ``track(loader)`` yields the batches without exclusion markers and counts every load: items that
     arrived, items excluded (``batch["excluded"]``) and loads a substitute replaced
-    (``meta["load_failures"]``). ``finish()`` sums the counts over DDP ranks, logs one line naming the
-    failed videos and raises ``TooManyFailures`` when more than ``max_fail_ratio`` of the pass's loads
-    failed; ``summary()`` is what metrics files record (``num_failed`` videos and their paths + reasons).
+    (``meta["load_failures"]``), and the frames the decoder never emitted (``meta["substituted_frames"]``).
+    ``finish()`` sums the counts over DDP ranks, logs one line naming the failed videos and the substituted
+    frames and raises ``TooManyFailures`` when more than ``max_fail_ratio`` of the pass's loads failed;
+    ``summary()`` is what metrics files record (``num_failed`` videos and their paths + reasons,
+    ``substituted_frames``).
     """
 
     def __init__(self, max_fail_ratio: float | None = None, *, what: str = "videos", action: str = "excluded"):
@@ -263,6 +267,7 @@ class LoadFailures:
         self.loads = 0                      # items loaded or tried, failed ones included
         self.failed_loads = 0
         self.failed: dict[str, str] = {}    # path -> reason, first seen first
+        self.substituted_frames = 0         # frames of loaded clips the decoder never emitted (nearest used)
 
     def add(self, batch: dict) -> dict | None:
         """Count one batch; return it without exclusion markers, or None when every item was excluded."""
@@ -272,6 +277,8 @@ class LoadFailures:
         lost = [f for m in batch.get("meta", ()) if isinstance(m, dict) for f in m.get("load_failures", ())]
         for item in lost:
             self._fail(item["path"], item["reason"])
+        self.substituted_frames += sum(m.get("substituted_frames", 0) for m in batch.get("meta", ())
+                                       if isinstance(m, dict))
         kept = {k: v for k, v in batch.items() if k != "excluded"}
         n = _batch_size(kept)
         self.loads += n + len(excluded) + len(lost)
@@ -296,38 +303,53 @@ class LoadFailures:
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
         parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (self.loads, self.failed_loads, self.failed))
+        dist.all_gather_object(parts, (self.loads, self.failed_loads, self.substituted_frames, self.failed))
         self.loads = sum(p[0] for p in parts)
         self.failed_loads = sum(p[1] for p in parts)
+        self.substituted_frames = sum(p[2] for p in parts)
         self.failed = {}
         for p in parts:
-            for path, reason in p[2].items():
+            for path, reason in p[3].items():
                 self.failed.setdefault(path, reason)
 
     def update(self, other: LoadFailures) -> None:
         """Add another pass's counts (e.g. an epoch's to the run's)."""
         self.loads += other.loads
         self.failed_loads += other.failed_loads
+        self.substituted_frames += other.substituted_frames
         for path, reason in other.failed.items():
             self.failed.setdefault(path, reason)
 
     def summary(self) -> dict:
         return {"num_failed": len(self.failed), "failed_loads": self.failed_loads, "loads": self.loads,
+                "substituted_frames": self.substituted_frames,
                 "failed": [{"path": p, "reason": r} for p, r in self.failed.items()]}
 
+    def noteworthy(self) -> bool:
+        """Whether the pass lost anything: a failed load or a substituted frame."""
+        return bool(self.failed or self.substituted_frames)
+
     def line(self, limit: int = 3) -> str:
-        """One line for the screen: how many videos failed and the first few paths."""
-        shown = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:limit])
-        more = f"; +{len(self.failed) - limit} more" if len(self.failed) > limit else ""
-        one = len(self.failed) == 1
-        what, verb = (self.what[:-1], "was") if one else (self.what, "were")  # "1 video was", "2 videos were"
-        return (f"{len(self.failed)} {what} failed to load and {verb} {self.action} "
-                f"({self.failed_loads} of {self.loads} loads): {shown}{more}")
+        """One line for the screen: how many videos failed and the first few paths; the substituted frames."""
+        parts = []
+        if self.failed or not self.substituted_frames:
+            shown = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:limit])
+            more = f"; +{len(self.failed) - limit} more" if len(self.failed) > limit else ""
+            one = len(self.failed) == 1
+            what, verb = (self.what[:-1], "was") if one else (self.what, "were")  # "1 video was", "2 videos were"
+            parts.append(f"{len(self.failed)} {what} failed to load and {verb} {self.action} "
+                         f"({self.failed_loads} of {self.loads} loads): {shown}{more}")
+        if self.substituted_frames:
+            one = self.substituted_frames == 1
+            parts.append(f"{self.substituted_frames} requested frame{'' if one else 's'} never came out of the "
+                         f"decoder and {'was' if one else 'were'} replaced by the nearest decoded frame before "
+                         f"{'it' if one else 'them'}")
+        return "; ".join(parts)
 
     def finish(self, logger: logging.Logger = log) -> dict:
-        """End of a pass: merge over ranks, log the line when anything failed, apply the limit; the summary."""
+        """End of a pass: merge over ranks, log the line when anything was lost, apply the limit; the summary."""
         self.merge()
-        if self.failed:
+        if self.noteworthy():
             logger.warning("%s", self.line())
         ratio = 1.0 if self.max_fail_ratio is None else self.max_fail_ratio
         if self.failed_loads > ratio * self.loads:

@@ -243,7 +243,7 @@ def train_one_epoch(trainee: nn.Module, loader: DataLoader, optimizer: torch.opt
 
     Returns the optimiser step count at the end and ``{"data_time_s", "clips"}``: seconds spent waiting
     for the loader on this rank, clips trained on by all ranks. ``failures`` counts the loads the dataset
-    replaced by substitutes (unreadable videos).
+    replaced by substitutes (unreadable videos) and the frames the decoder never emitted.
     """
     trainee.train()
     progress = Progress(total=len(loader) // accum, desc=f"epoch {epoch}", unit="step", enabled=info.is_main)
@@ -525,7 +525,8 @@ def _train(cfg: Config, *, resume: bool, force: bool) -> dict:
         save(global_step)
         values = {"epoch": epoch, "epoch_time_s": epoch_time, "data_time_s": epoch_stats["data_time_s"],
                   "clips_per_s": epoch_stats["clips"] / max(epoch_time, 1e-9),
-                  "train_num_failed": lost["num_failed"], "train_failed_loads": lost["failed_loads"]}
+                  "train_num_failed": lost["num_failed"], "train_failed_loads": lost["failed_loads"],
+                  "train_substituted_frames": lost["substituted_frames"]}
         if val_loader is not None:
             last_val = validate(model, cfg, val_loader, class_names, info.device, autocast)
             values.update(scalar_metrics(last_val))
@@ -537,7 +538,7 @@ def _train(cfg: Config, *, resume: bool, force: bool) -> dict:
         barrier(info)
     if info.is_main:  # end-of-run summary of the unreadable training videos (already summed over ranks)
         metrics.write("data", global_step, {"train_" + k: v for k, v in run_failures.summary().items()})
-        if run_failures.failed:
+        if run_failures.noteworthy():
             log.warning("training: %s", run_failures.line(limit=5))
     metrics.close()
     cleanup(info)

@@ -16,7 +16,9 @@ restores its previous mode, so the training engine can call it between epochs.
 
 A video that fails to load is never replaced: the evaluation dataset excludes it (``on_error="exclude"``),
 ``LoadFailures`` counts it, the result lists it (``num_failed``, ``failed``: path and reason), one line
-says so on screen, and more than ``max_fail_ratio`` failed loads in the pass is an error.
+says so on screen, and more than ``max_fail_ratio`` failed loads in the pass is an error. A requested frame
+the decoder never emits (the last packet of many H.264 files) is the nearest decoded frame before it;
+``substituted_frames`` counts them (and the same line says so).
 """
 from __future__ import annotations
 
@@ -288,7 +290,7 @@ def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: s
     cross-entropy of the original clips), ``per_class`` and ``groups`` (same keys, by class name / group
     name) and, with ``per_sample=True``, per video ``p_y`` = p(y|x), ``p_y_shuffled`` (mean over shuffles)
     and ``p_y_reversed``; ``num_failed`` and ``failed`` (path, reason) for the videos that could not be
-    loaded and were left out (``max_fail_ratio``: default the loader's dataset's).
+    loaded and were left out (``max_fail_ratio``: default the loader's dataset's); ``substituted_frames``.
     """
     if shuffles < 0:
         raise ValueError(f"evaluate: shuffles must be >= 0, got {shuffles}")

@@ -9,7 +9,8 @@
 Every command writes a metrics JSON (``--out``); ``--random-init`` evaluates the checkpoint's
 architecture with fresh random weights (the baseline every pretraining method is compared with).
 Videos that fail to load are left out, never replaced: the JSON gives ``num_failed`` and ``failed``
-(split, path, reason) and one line on screen names them.
+(split, path, reason) and one line on screen names them; ``substituted_frames`` counts the frames the
+decoder never emitted (the nearest decoded frame before each was used).
 
 - Which network: when the run's objective keeps an EMA teacher (SVT, as DINO), the teacher is evaluated
   (``--student`` for the student); otherwise the trained backbone.
@@ -455,9 +456,11 @@ def frozen_features(args: argparse.Namespace, model: nn.Module, spec: dict, devi
 
 
 def failure_metrics(failures: dict[str, LoadFailures]) -> dict:
-    """``num_failed`` videos left out over all splits and ``failed``: split, path and reason of each."""
+    """``num_failed`` videos left out over all splits and ``failed``: split, path and reason of each;
+    ``substituted_frames``: frames the decoder never emitted, over all splits (nearest decoded one used)."""
     listed = [{"split": split, **f} for split, fl in failures.items() for f in fl.summary()["failed"]]
-    return {"num_failed": len(listed), "failed": listed}
+    return {"num_failed": len(listed), "failed": listed,
+            "substituted_frames": sum(fl.substituted_frames for fl in failures.values())}
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
