@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import transformers
 
-import timematters
 from timematters.cli import main as cli_main
 from timematters.data.synth import LABELS_FILE, generate
-from timematters.engine.checkpoint import save_checkpoint
+from tiny_run import save_tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +19,7 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     data = generate(root / "synth", videos=42, frames=8, size=32, seed=0, workers=1)
     names = list(json.loads((data / LABELS_FILE).read_text()))
-    torch.manual_seed(0)
-    kw = dict(num_classes=len(names), num_frames=4, img_size=32, depth=2, embed_dim=32, num_heads=2, patch_size=8)
-    model = timematters.create_model("timesformer_tiny", **kw)
-    spec = {"name": "timesformer_tiny", "create_kwargs": kw, "class_names": names, "num_frames": 4, "img_size": 32,
-            "mean": [0.5] * 3, "std": [0.5] * 3, "data": {"root": str(data), "format": "ssv2"},
-            "method": "supervised"}
-    save_checkpoint(root / "run", model=model, objective=None, spec=spec, train_state={}, step=1)
+    save_tiny_run(root / "run", names, data)
     # HF models label their outputs in reverse order, so the audit must remap by name
     id2label = dict(enumerate(reversed(names)))
     label2id = {v: k for k, v in id2label.items()}

@@ -7,18 +7,15 @@ import json
 import logging
 
 import pytest
-import torch
 
-import timematters
 from test_data_videos import make_bad_files, write_video
+from tiny_run import save_tiny_run
 from videos import awkward_corpus
 from timematters.cli import main as cli_main
 from timematters.data.annotations import VideoRecord
 from timematters.data.dataset import LoadFailures, TooManyFailures, VideoDataset, collate
-from timematters.engine.checkpoint import save_checkpoint
 
 CLASSES = ["cat", "dog", "emu"]
-KW = dict(num_classes=3, num_frames=4, img_size=32, depth=2, embed_dim=32, num_heads=2, patch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +32,7 @@ def folder_run(tmp_path_factory):
             write_video(data / "val" / cls / f"{cls}_val{k}.mp4", 12 + k)
     good = data / "val" / "dog" / "dog_val0.mp4"
     (data / "val" / "dog" / "broken.mp4").write_bytes(good.read_bytes()[:300])   # the header only
-    torch.manual_seed(0)
-    model = timematters.create_model("timesformer_tiny", **KW)
-    spec = {"name": "timesformer_tiny", "create_kwargs": KW, "class_names": CLASSES, "num_frames": 4,
-            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "data": {"root": str(data), "format": "folder"},
-            "method": "supervised"}
-    save_checkpoint(root / "run", model=model, objective=None, spec=spec, train_state={}, step=1)
+    save_tiny_run(root / "run", CLASSES, data, format="folder")
     return root / "run", data, data / "val" / "dog" / "broken.mp4"
 
 
@@ -139,11 +131,10 @@ def test_exclude_mode_markers_collate_and_counts(tmp_path):
     assert counted.failed_loads == len(lost) and counted.summary()["num_failed"] == len({f["path"] for f in lost})
 
 
-def test_substituted_frames_reach_training_and_evaluation_metrics(tmp_path, caplog):
-    """Real H.264 files (MP4 and Matroska) whose last packet decodes to no frame: every clip asks for that
-    frame (num_frames = the 8 frames of the index), so each such clip has one substituted frame. Through
-    the train CLI (a DataLoader worker) the count reaches metrics.jsonl per epoch and for the run, the
-    validation row and the eval CLI's JSON, and the one line on screen says so."""
+def _trailing_folder(tmp_path, run):
+    """A folder dataset of real awkward files: two H.264 files (MP4, Matroska) whose last packet decodes to
+    no frame among the 4 training videos, one among the 2 validation videos; the run's overrides (every
+    training video is drawn once per epoch, every clip asks for the last frame: 8 frames of 8)."""
     import shutil
     from test_engine import tiny_overrides
     corpus = awkward_corpus(tmp_path / "corpus", frames=7)  # trailing_empty: 8 frames indexed, 7 decode
@@ -155,9 +146,16 @@ def test_substituted_frames_reach_training_and_evaluation_metrics(tmp_path, capl
         (data / folder).mkdir(parents=True)
         for name in names:
             shutil.copy(corpus[name].path, data / folder / name)
+    return tiny_overrides(data, run, **{"data.format": "folder", "data.num_frames": 8, "data.num_workers": 1,
+                                        "optim.epochs": 2, "optim.batch_size": 4, "model.embed_dim": 32})
+
+
+def test_substituted_frames_reach_training_and_evaluation_metrics(tmp_path, caplog):
+    """Each clip of a trailing-empty file has one substituted frame (the nearest decoded one). Through the
+    train CLI (a DataLoader worker) the count reaches metrics.jsonl per epoch and for the run, the
+    validation row and the eval CLI's JSON, and the one line on screen says so."""
     run = tmp_path / "run"
-    overrides = tiny_overrides(data, run, **{"data.format": "folder", "data.num_frames": 8, "data.num_workers": 1,
-                                             "optim.epochs": 2, "optim.batch_size": 4, "model.embed_dim": 32})
+    overrides = _trailing_folder(tmp_path, run)
     with caplog.at_level(logging.WARNING):
         assert cli_main(["train", "--config", "synth_baseline", *overrides]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -246,3 +244,23 @@ def test_torchrun_counts_match_one_process(tmp_path):
                        ("data", ("train_num_failed", "train_failed_loads", "train_loads", "train_failed"))):
         assert {k: a[kind][k] for k in keys} == {k: b[kind][k] for k in keys}, kind
     assert b["val"]["num_failed"] == 1 and b["data"]["train_failed"][0]["path"] == str(bad["train"])
+
+
+@pytest.mark.slow
+def test_torchrun_sums_substituted_frames_over_ranks(tmp_path):
+    """Under DDP each rank decodes part of the clips; the substituted frames in metrics.jsonl are summed."""
+    import os
+    import subprocess
+    import sys
+    from test_engine import REPO, _free_port
+    overrides = _trailing_folder(tmp_path, tmp_path / "two")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "timematters.cli", "train",
+                          "--config", "synth_baseline", *overrides],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_substituted_frames"] for r in rows if r["type"] == "val"] == [2, 2]
+    assert [r["substituted_frames"] for r in rows if r["type"] == "val"] == [1, 1]
+    assert next(r for r in rows if r["type"] == "data")["train_substituted_frames"] == 4

@@ -16,13 +16,7 @@ from timematters.utils import rng_for
 K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids OpenMP spin-waiting (10-20x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_vit(patch_size: int = 8, img_size: int = 32, seed: int = 0):

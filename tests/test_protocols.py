@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_run import save_tiny_run
 from timematters.evaluation import protocols as P
 from timematters.evaluation.features import extract_features, window_starts
 from timematters.utils import rng_for
@@ -200,21 +201,12 @@ def _tiny_model():
 def run_and_data(tmp_path_factory):
     """A tiny synthetic benchmark and a run directory holding a (randomly initialised) tiny backbone."""
     from timematters.data.synth import generate
-    from timematters.engine.checkpoint import save_checkpoint
     root = tmp_path_factory.mktemp("protocols")
     data = generate(root / "synth", videos=28, frames=24, size=32, workers=1)
     from timematters.data.annotations import read_annotations
     _, class_names = read_annotations(data, "ssv2", "train")
-    kwargs = dict(num_classes=len(class_names), num_frames=8, img_size=32, depth=2, embed_dim=64, num_heads=2,
-                  patch_size=8)
-    import timematters
-    torch.manual_seed(0)
-    model = timematters.create_model("timesformer_tiny", **kwargs)
-    spec = {"name": "timesformer_tiny", "create_kwargs": kwargs, "class_names": class_names, "num_frames": 8,
-            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "data": {"root": str(data), "format": "ssv2"},
-            "method": "rtt"}
     run = root / "run"
-    save_checkpoint(run, model=model, objective=None, spec=spec, train_state={}, step=1)
+    save_tiny_run(run, class_names, data, num_frames=8, embed_dim=64, method="rtt")
     return run, data
 
 

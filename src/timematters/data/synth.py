@@ -655,19 +655,25 @@ def _ceilings(classes: np.ndarray, is_val: np.ndarray) -> dict[str, Any]:
             "note": "a model that ignores frame order cannot tell a clip from its time-reversed partner"}
 
 
-def _check_args(videos: int, frames: int, size: int, bias: float, val_fraction: float,
-                knobs: dict[str, float]) -> None:
-    K = len(CLASSES)
-    if videos < 2 * K:
-        raise ValueError(f"videos={videos}: need at least {2 * K} (two per class for {K} classes)")
-    if frames < 2:
-        raise ValueError(f"frames={frames}: need at least 2")
+def check_benchmark_args(videos: int, frames: int, size: int, val_fraction: float, *, num_classes: int,
+                         min_frames: int = 2, frames_hint: str = "") -> None:
+    """The checks of every synthetic video benchmark's ``generate`` (this one's and ``synth_pretrain``'s)."""
+    if videos < 2 * num_classes:
+        raise ValueError(f"videos={videos}: need at least {2 * num_classes} (two per class for {num_classes} "
+                         f"classes)")
+    if frames < min_frames:
+        raise ValueError(f"frames={frames}: {frames_hint or f'need at least {min_frames}'}")
     if size < 16 or size % 2:
         raise ValueError(f"size={size}: need an even size >= 16 (VP9 yuv420p)")
-    if not 0.0 <= bias <= 1.0:
-        raise ValueError(f"bias={bias}: must be a probability in [0, 1]")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: must be in (0, 1)")
+
+
+def _check_args(videos: int, frames: int, size: int, bias: float, val_fraction: float,
+                knobs: dict[str, float]) -> None:
+    check_benchmark_args(videos, frames, size, val_fraction, num_classes=len(CLASSES))
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias={bias}: must be a probability in [0, 1]")
     if not 0.0 < knobs["contrast"] <= 1.0:
         raise ValueError(f"contrast={knobs['contrast']}: must be in (0, 1]")
     if not 0.2 <= knobs["object_size"] <= 2.0:

@@ -39,7 +39,8 @@ import numpy as np
 
 from timematters.utils import rng_for
 
-from .synth import META_FILE, META_FORMAT, META_VERSION, _encode_webm, _sdf, prepare_video_dir, split_and_classes, write_annotations
+from .synth import (META_FILE, META_FORMAT, META_VERSION, _encode_webm, _fill, _sdf, check_benchmark_args,
+                    prepare_video_dir, split_and_classes, write_annotations)
 
 # (template, generator) per class; the template's brackets are filled with the objects' names
 CLASSES: tuple[tuple[str, str], ...] = (
@@ -329,14 +330,6 @@ def _make_video(job: _Job) -> dict[str, Any]:
     return {"placeholders": placeholders, "nuisance": nuisance}
 
 
-def _fill(template: str, placeholders: list[str]) -> str:
-    out = template
-    for p in placeholders:
-        i, j = out.index("["), out.index("]")
-        out = out[:i] + p + out[j + 1:]
-    return out
-
-
 def class_name(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
@@ -346,14 +339,8 @@ def generate(out: str | Path, *, videos: int = 2400, frames: int = 64, size: int
              progress: bool = False) -> Path:
     """Write the pretraining benchmark to ``out`` (SSv2 layout, ``timematters-meta.json``) and return it."""
     K = len(CLASSES)
-    if videos < 2 * K:
-        raise ValueError(f"videos={videos}: need at least {2 * K} (two per class for {K} classes)")
-    if frames < 16:
-        raise ValueError(f"frames={frames}: the events need at least 16 frames (64 recommended)")
-    if size < 16 or size % 2:
-        raise ValueError(f"size={size}: need an even size >= 16 (VP9 yuv420p)")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: must be in (0, 1)")
+    check_benchmark_args(videos, frames, size, val_fraction, num_classes=K, min_frames=16,
+                         frames_hint="the events need at least 16 frames (64 recommended)")
     out = Path(out)
     ids = [str(i + 1) for i in range(videos)]
     video_dir = prepare_video_dir(out, ids, force=force)

@@ -9,19 +9,14 @@ from __future__ import annotations
 import argparse
 
 from ..config import load_config
-from .train import train
+from .train import add_arguments as train_arguments, train
 
 METHODS = {"rtt": "rtt", "taco": "taco", "svt": "svt", "time": "time_pretrain"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="pretraining objective")
-    p.add_argument("--config", required=True, help="YAML file or a name in configs/")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept a config that differs from the run's config.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. optim.lr=3e-4 (before or after the options)")
+    train_arguments(p, example="pretrain_svt_synth")
 
 
 def main(args: argparse.Namespace) -> int:

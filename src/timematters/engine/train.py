@@ -545,8 +545,9 @@ def _train(cfg: Config, *, resume: bool, force: bool) -> dict:
     return last_val
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file, or a name in configs/ (e.g. synth_time)")
+def add_arguments(p: argparse.ArgumentParser, *, example: str = "synth_time") -> None:
+    """The options of ``timematters train`` (and of ``pretrain``, after its ``--method``)."""
+    p.add_argument("--config", required=True, help=f"YAML file, or a name in configs/ (e.g. {example})")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept a config that differs from the run's config.yaml")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -588,17 +589,25 @@ def main_linear(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = _load(args, device)
     if args.task == "classify":
-        failures: dict[str, LoadFailures] = {}
-        tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
-        metrics = linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names), solver=args.solver,
-                               epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, l2=args.l2,
-                               seed=args.seed, device=device)
-        metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
+        metrics = frozen_metrics(args, model, spec, device, lambda tr_x, tr_y, te_x, te_y, names: linear_probe(
+            tr_x, tr_y, te_x, te_y, num_classes=len(names), solver=args.solver, epochs=args.epochs, lr=args.lr,
+            weight_decay=args.weight_decay, l2=args.l2, seed=args.seed, device=device))
         write_metrics(args, "linear", metrics)
         return 0
     metrics = time_task(args, model, spec, device)
     write_metrics(args, args.task, metrics)
     return 0
+
+
+def frozen_metrics(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device,
+                   score: Callable[..., dict]) -> dict:
+    """``score(train feats, train labels, test feats, test labels, class names)`` on the frozen features of
+    both splits, with the video counts and the videos left out (``failure_metrics``)."""
+    failures: dict[str, LoadFailures] = {}
+    tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
+    metrics = score(tr_x, tr_y, te_x, te_y, names)
+    metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
+    return metrics
 
 
 def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: torch.device) -> dict:
@@ -611,26 +620,25 @@ def time_task(args: argparse.Namespace, model: nn.Module, spec: dict, device: to
         with autocast:
             return clip_features(model, video, args.mode)
 
+    if args.task == "arrow":  # the clips the loader gives, the features of a loader
+        clips = dict(num_frames=t, sampling=args.sampling, stride=args.stride)
+        features = functools.partial(arrow_features, feature_fn, device=device)
+    elif args.task == "sync":
+        clips = dict(num_frames=t + 2 * args.max_offset, sampling="dense", stride=1,
+                     batch_size=max(1, args.batch_size // (2 * args.max_offset + 1)))
+        features = functools.partial(sync_features, feature_fn, clip_len=t, max_offset=args.max_offset,
+                                     seed=args.seed, device=device)
+    else:
+        clips = dict(num_frames=args.source_frames or 2 * t, sampling="dense", stride=1,
+                     batch_size=max(1, args.batch_size // (2 * args.pairs)))
+        features = functools.partial(before_after_features, feature_fn, clip_len=t, pairs=args.pairs,
+                                     seed=args.seed, device=device)
     data = []
     failures: dict[str, LoadFailures] = {}
     for split in (args.train_split, args.val_split):
         failures[split] = LoadFailures()
-        if args.task == "arrow":
-            loader, class_names = build_loader(args, spec, split, train=False, num_frames=t,
-                                               sampling=args.sampling, stride=args.stride)
-            data.append(arrow_features(feature_fn, loader, device=device, failures=failures[split]))
-        elif args.task == "sync":
-            L = t + 2 * args.max_offset
-            loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
-                                     batch_size=max(1, args.batch_size // (2 * args.max_offset + 1)))
-            data.append(sync_features(feature_fn, loader, clip_len=t, max_offset=args.max_offset,
-                                      seed=args.seed, device=device, failures=failures[split]))
-        else:
-            L = args.source_frames or 2 * t
-            loader, _ = build_loader(args, spec, split, train=False, num_frames=L, sampling="dense", stride=1,
-                                     batch_size=max(1, args.batch_size // (2 * args.pairs)))
-            data.append(before_after_features(feature_fn, loader, clip_len=t, pairs=args.pairs, seed=args.seed,
-                                              device=device, failures=failures[split]))
+        loader, class_names = build_loader(args, spec, split, train=False, **clips)
+        data.append(features(loader, failures=failures[split]))
     model.eval()
     if args.task == "arrow":
         return arrow_probe(data[0], data[1], num_classes=len(class_names), epochs=args.epochs, lr=args.lr,
@@ -650,10 +658,8 @@ def add_knn_arguments(p: argparse.ArgumentParser) -> None:
 def main_knn(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = _load(args, device)
-    failures: dict[str, LoadFailures] = {}
-    tr_x, tr_y, te_x, te_y, names = frozen_features(args, model, spec, device, args.views, failures)
-    metrics = knn_classify(tr_x, tr_y, te_x, te_y, num_classes=len(names), k=args.k, temperature=args.temperature)
-    metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
+    metrics = frozen_metrics(args, model, spec, device, lambda tr_x, tr_y, te_x, te_y, names: knn_classify(
+        tr_x, tr_y, te_x, te_y, num_classes=len(names), k=args.k, temperature=args.temperature))
     write_metrics(args, "knn", metrics)
     return 0
 
@@ -667,10 +673,8 @@ def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
 def main_retrieval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = _load(args, device)
-    failures: dict[str, LoadFailures] = {}
-    tr_x, tr_y, te_x, te_y, _ = frozen_features(args, model, spec, device, args.views, failures)
-    metrics = retrieval_hit_rates(tr_x, tr_y, te_x, te_y, ks=args.ks)
-    metrics.update(videos_train=len(tr_y), videos_test=len(te_y), **failure_metrics(failures))
+    metrics = frozen_metrics(args, model, spec, device, lambda tr_x, tr_y, te_x, te_y, _: retrieval_hit_rates(
+        tr_x, tr_y, te_x, te_y, ks=args.ks))
     write_metrics(args, "retrieval", metrics)
     return 0
 

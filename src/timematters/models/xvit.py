@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Features
-from .layers import (BackboneMixin, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed, resample_time_embed)
+from .layers import (Attention, BackboneMixin, PatchEmbed, drop_path_rates, init_weights, resample_pos_embed,
+                     resample_time_embed)
 from .vit import Block
 
 
@@ -34,20 +35,9 @@ def temporal_shift(t: torch.Tensor, n_div: int = 4) -> torch.Tensor:
     return torch.cat([nxt, prev, t[..., 2 * c:]], dim=-1)
 
 
-class MixingAttention(nn.Module):
-    """Per-frame attention whose keys/values are temporally shifted; ``(B, T, L, D) -> (B, T, L, D)``."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+class MixingAttention(Attention):
+    """Per-frame attention whose keys/values are temporally shifted; ``(B, T, L, D) -> (B, T, L, D)``
+    (the parameters of :class:`Attention`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, L, D = x.shape
