@@ -11,8 +11,11 @@ Protocols, every one through the project's evaluation layer (``evaluation/protoc
     frozen     linear probe (SGD, 100 epochs), kNN (k 20, T 0.07), retrieval (R@k, train-set queries),
                nuisance probes (kNN / linear on the benchmark's shape, side and background factors)
                and the pretraining run's pretext report (accuracies vs chance, ``pretrained`` flag)
-    sync       RTT's synchronisation probe (offsets -6..6)
-    order      RTT's before/after probe
+    sync          RTT's synchronisation probe (offsets -6..6), on the first ``--probe-limit`` videos per split
+    before-after  RTT's before/after probe, likewise
+    arrow         the arrow-of-time probe: every clip forwards and backwards, linear probes of the direction
+                  and of class x direction (``linear --task arrow``); random init is order-blind, so it
+                  scores chance on the direction by construction
     finetune   fine-tuning through the training engine
 
 Resumable: every finished (method, seed, protocol) result is written to ``--out`` (JSON, atomically)
@@ -122,7 +125,8 @@ def frozen(checkpoint: Path, seed: int, random_init: bool, a: argparse.Namespace
 def time_probe(task: str, checkpoint: Path, seed: int, random_init: bool, a: argparse.Namespace) -> dict:
     from timematters.evaluation import protocols as P
     tmp = Path(a.runs) / "tmp" / f"{task}_{checkpoint.name}_{seed}_{int(random_init)}.json"
-    args = parse("linear", checkpoint, seed, random_init, a, "--task", task, "--out", str(tmp))
+    limit = ["--limit", str(a.probe_limit)] if a.probe_limit and task != "arrow" else []
+    args = parse("linear", checkpoint, seed, random_init, a, "--task", task, "--out", str(tmp), *limit)
     P.main_linear(args)
     record = json.loads(tmp.read_text())
     return {k: v for k, v in record.items() if isinstance(v, (int, float))}
@@ -161,6 +165,8 @@ def table(results: dict, seeds: list[int], methods: list[str] | None = None) -> 
     cols = [("linear top-1", "frozen", ("linear", "top1")), ("kNN top-1", "frozen", ("knn", "top1")),
             ("retrieval R@1", "frozen", ("retrieval", "top1")), ("fine-tune top-1", "finetune", ("top1",)),
             ("sync acc", "sync", ("accuracy",)), ("before/after acc", "before-after", ("accuracy",)),
+            ("arrow: direction acc", "arrow", ("accuracy",)),
+            ("arrow: class x direction top-1", "arrow", ("class_direction_top1",)),
             ("shape kNN (nuisance)", "frozen", ("nuisance", "shape", "knn")),
             ("background kNN (nuisance)", "frozen", ("nuisance", "background", "knn"))]
     lines = ["| init | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -189,7 +195,9 @@ def table(results: dict, seeds: list[int], methods: list[str] | None = None) -> 
         if parts:
             lines.append(f"- {m}: " + ", ".join(parts) + f"; pretrained flags {flags}")
     lines += ["", "Difference to random init (mean) against 2 x the larger seed std:", ""]
-    for proto, path, label in (("frozen", ("linear", "top1"), "linear"), ("frozen", ("knn", "top1"), "kNN")):
+    for proto, path, label in (("frozen", ("linear", "top1"), "linear"), ("frozen", ("knn", "top1"), "kNN"),
+                               ("arrow", ("accuracy",), "arrow of time: direction (linear)"),
+                               ("arrow", ("class_direction_top1",), "class x direction (linear)")):
         base = get("random", proto, path)
         for m in methods:
             if m == "random":
@@ -211,10 +219,12 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/pretrain_compare.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--protocols", nargs="+", default=["frozen", "sync", "before-after", "finetune"])
+    p.add_argument("--protocols", nargs="+", default=["frozen", "arrow", "sync", "before-after", "finetune"])
     p.add_argument("--epochs", type=int, default=2, help="pretraining epochs of every method")
     p.add_argument("--warmup", type=float, default=0.25, help="pretraining warm-up epochs")
     p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--probe-limit", type=int, default=600,
+                   help="sync / before-after: the first N videos of each split (0: all; default 600)")
     p.add_argument("--set", nargs="*", default=[], help="extra config overrides for every pretraining")
     p.add_argument("--table", action="store_true", help="print the table of the finished results and exit")
     a = p.parse_args()
@@ -244,7 +254,7 @@ def main() -> int:
                 t0 = time.time()
                 if protocol == "frozen":
                     res = frozen(ck, seed, random_init, a)
-                elif protocol in ("sync", "before-after"):
+                elif protocol in ("sync", "before-after", "arrow"):
                     res = time_probe(protocol, ck, seed, random_init, a)
                 elif protocol == "finetune":
                     res = finetune(ck, seed, random_init, method, a)
