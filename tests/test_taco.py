@@ -45,12 +45,26 @@ def test_info_nce_matches_the_definition():
     assert info_nce(k, k, -k, 0.07)[1] == 1.0
 
 
-def test_fusion_head_sums_signed_pairwise_differences():
-    head = FusionTaskHead(6, 4, 3)
+def test_fusion_head_concatenates_signed_pairwise_differences():
+    head = FusionTaskHead(6, 4, 3, num_clips=3)
     x = torch.randn(2, 3, 6)
     a = head.embed(x)
-    fused = (a[:, 0] - a[:, 1]) + (a[:, 0] - a[:, 2]) + (a[:, 1] - a[:, 2])
+    fused = torch.cat([a[:, 0] - a[:, 1], a[:, 0] - a[:, 2], a[:, 1] - a[:, 2]], dim=1)
     torch.testing.assert_close(head(x), head.fc2(F.relu(head.fc1(fused))))
+
+
+def test_fusion_head_sees_every_clip():
+    """O3N's summed differences cancel the middle of three clips (2 a_0 - 2 a_2); the odd-one-out task
+    needs every clip, so changing any one of them must change the output."""
+    torch.manual_seed(0)
+    head = FusionTaskHead(6, 8, 3, num_clips=3)
+    x = torch.randn(2, 3, 6)
+    for k in range(3):
+        y = x.clone()
+        y[:, k] += 1.0
+        assert not torch.allclose(head(x), head(y)), f"clip {k} does not reach the output"
+    with pytest.raises(ValueError, match="built for 3 clips"):
+        head(torch.randn(2, 2, 6))
 
 
 def test_draws_and_labels_are_consistent():

@@ -34,8 +34,11 @@ has nothing to do):
 - projection head: Linear -> l2-normalise -> Linear -> l2-normalise (the last normalisation makes the
   dot product the cosine of Eq. 1).
 - rotation / reverse task head: Linear -> l2-normalise -> Linear classifier.
-- shuffle / speed task head (O3N sum-of-differences fusion): a shared Linear per clip, the signed
-  pairwise differences a_i - a_j (i < j) summed to one vector, then Linear -> ReLU -> Linear.
+- shuffle / speed task head (O3N's pairwise-difference fusion): a shared Linear per clip, the signed
+  pairwise differences a_i - a_j (i < j) concatenated, then Linear -> ReLU -> Linear. O3N sums the
+  differences; summed over three clips they cancel the middle one (sum_{i<j} a_i - a_j = 2 a_0 - 2 a_2),
+  so the odd-one-out would be invisible whenever it is the middle clip. Concatenated, nothing cancels;
+  with two clips (speed) both readings are the same head.
 
 The original clip V has its own projection head. With MoCo its key comes from momentum copies of the
 encoder and that head; the online copy of the head is trained by the base CSL term: a second clip V'
@@ -92,20 +95,24 @@ class ClipTaskHead(nn.Module):
 
 
 class FusionTaskHead(nn.Module):
-    """O3N-style head on several clip embeddings: a shared Linear per clip, the signed pairwise
-    differences summed (sum_{i<j} a_i - a_j), then Linear -> ReLU -> Linear classifier."""
+    """O3N-style head on ``num_clips`` clip embeddings: a shared Linear per clip, the signed pairwise
+    differences a_i - a_j (i < j) concatenated (not summed: see the module docstring), then
+    Linear -> ReLU -> Linear classifier."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int):
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, num_clips: int):
         super().__init__()
+        self.num_clips = num_clips
+        num_pairs = num_clips * (num_clips - 1) // 2
         self.embed = nn.Linear(in_dim, hidden_dim)
-        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc1 = nn.Linear(num_pairs * hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, n, D) -> (B, K)
+        if x.shape[1] != self.num_clips:
+            raise ValueError(f"FusionTaskHead: built for {self.num_clips} clips, got {x.shape[1]}")
         a = self.embed(x)                                             # (B, n, d)
-        n = a.shape[1]
-        i, j = torch.triu_indices(n, n, offset=1, device=a.device)    # all pairs i < j
-        fused = (a[:, i] - a[:, j]).sum(dim=1)                        # (B, d)
+        i, j = torch.triu_indices(self.num_clips, self.num_clips, offset=1, device=a.device)
+        fused = (a[:, i] - a[:, j]).flatten(1)                        # (B, n(n-1)/2 * d)
         return self.fc2(F.relu(self.fc1(fused)))
 
 
@@ -222,8 +229,10 @@ class TaCo(Objective):
         classes = {"rotation": 4, "reverse": 2, "shuffle": shuffle_clips, "speed": num_speeds}
         self.proj = nn.ModuleDict({name: ProjectionHead(D, hidden_dim, proj_dim)
                                    for name in ("original",) + tasks})
+        fused_clips = {"shuffle": shuffle_clips, "speed": 2}   # speed: [V, the clip at speed s]
         self.task_heads = nn.ModuleDict({
-            name: (FusionTaskHead if name in ("shuffle", "speed") else ClipTaskHead)(D, hidden_dim, classes[name])
+            name: FusionTaskHead(D, hidden_dim, classes[name], fused_clips[name]) if name in fused_clips
+            else ClipTaskHead(D, hidden_dim, classes[name])
             for name in tasks})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # drives the draws
         g = torch_rng_for(seed, 0x4D454D)  # memory initialisation
