@@ -264,7 +264,9 @@ def main() -> int:
                 save_result(out, key, res)
                 log(f"{key}: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}")
                 out.with_suffix(".md").write_text(table(load_results(out), a.seeds, a.methods) + "\n")
-    print(table(load_results(out), a.seeds, a.methods))
+    text = table(load_results(out), a.seeds, a.methods)
+    out.with_suffix(".md").write_text(text + "\n")   # also when every result was already there
+    print(text)
     return 0
 
 
