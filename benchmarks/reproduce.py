@@ -624,6 +624,15 @@ def image_table(out: Path) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ figures
+def save_figure(fig, path: Path) -> str:
+    """Lay out, write and close a matplotlib figure; returns its file name (for the report's links)."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
 def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dict]:
     """Fig. 1b (order probe per block) and 1c (confidence-gap histogram), mean and spread over seeds."""
     import matplotlib
@@ -660,10 +669,7 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
     ax.set_title("Fig. 1b analog: linear order probe per block (frozen tokens)")
     ax.legend(loc="best", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    figs.append(f"{prefix}fig1b_order_probe.png")
-    fig.savefig(fig_dir / figs[-1])
-    plt.close(fig)
+    figs.append(save_figure(fig, fig_dir / f"{prefix}fig1b_order_probe.png"))
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
     edges = np.asarray(audits[0]["models"][0]["confidence"]["edges"])
@@ -685,10 +691,7 @@ def audit_figures(out: Path, fig_dir: Path, prefix: str) -> tuple[list[str], dic
                  f"20 bins)")
     ax.legend(loc="upper left", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    figs.append(f"{prefix}fig1c_confidence_gap.png")
-    fig.savefig(fig_dir / figs[-1])
-    plt.close(fig)
+    figs.append(save_figure(fig, fig_dir / f"{prefix}fig1c_confidence_gap.png"))
     return figs, summary
 
 
@@ -721,11 +724,7 @@ def table3_figure(rows: dict[str, list[dict]], fig_dir: Path, prefix: str) -> st
     axes[0].set_ylabel("validation top-1 (%), mean ± std over seeds")
     axes[0].legend(loc="upper left", fontsize=9, ncol=3)
     fig.suptitle("Table 3 analog: TimeSformer from scratch, original vs frame-shuffled clips")
-    fig.tight_layout()
-    name = f"{prefix}table3_shuffled.png"
-    fig.savefig(fig_dir / name)
-    plt.close(fig)
-    return name
+    return save_figure(fig, fig_dir / f"{prefix}table3_shuffled.png")
 
 
 # ------------------------------------------------------------------------------------------- writing
